@@ -1,0 +1,75 @@
+//! The ed25519 identity of a node: the peer id is the public key (DESIGN.md §4.5).
+//!
+//! Key material comes from outside (the daemon draws it from the OS and keeps it in the store),
+//! so this module stays deterministic.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+
+pub use ed25519_dalek::Signature;
+
+pub struct Identity {
+    key: SigningKey,
+}
+
+impl Identity {
+    pub fn from_secret(secret: [u8; 32]) -> Identity {
+        Identity {
+            key: SigningKey::from_bytes(&secret),
+        }
+    }
+
+    pub fn secret(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// The peer id, as carried in TXT `key=`: base64url of the public key, unpadded.
+    pub fn peer_id(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.public())
+    }
+
+    /// `nbhd-<first 8 hex of the key>`: our own mDNS host name label (DESIGN.md §4.1).
+    pub fn hostname_label(&self) -> String {
+        let p = self.public();
+        format!("nbhd-{:02x}{:02x}{:02x}{:02x}", p[0], p[1], p[2], p[3])
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> Signature {
+        self.key.sign(msg)
+    }
+}
+
+/// Checks `sig` over `msg` by the peer whose id is `peer_id`.
+pub fn verify(peer_id: &str, msg: &[u8], sig: &Signature) -> bool {
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(peer_id) else {
+        return false;
+    };
+    let Ok(arr) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+        return false;
+    };
+    let Ok(vk) = VerifyingKey::from_bytes(&arr) else {
+        return false;
+    };
+    vk.verify(msg, sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_signatures() {
+        let id = Identity::from_secret([7; 32]);
+        assert_eq!(id.peer_id().len(), 43);
+        assert!(id.hostname_label().starts_with("nbhd-") && id.hostname_label().len() == 13);
+        let sig = id.sign(b"hello");
+        assert!(verify(&id.peer_id(), b"hello", &sig));
+        assert!(!verify(&id.peer_id(), b"hellp", &sig));
+        assert!(!verify("not base64!", b"hello", &sig));
+    }
+}

@@ -1,0 +1,11 @@
+//! `nbhd-proto`: the sans-IO heart of Neighborhood.
+//!
+//! Wire codecs and protocol engines, and nothing that touches a socket, a clock or the OS's
+//! randomness: the daemon (`nbhd-daemon`) and the simulator drive the same engines, feeding them
+//! input and time, and draining what they want sent (DESIGN.md §3).
+//!
+//! - [`presence`]: mDNS/DNS-SD responder and querier, XEP-0174 presence, the peer table.
+//! - [`identity`]: the ed25519 identity a peer is known by.
+
+pub mod identity;
+pub mod presence;

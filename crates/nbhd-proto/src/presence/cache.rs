@@ -1,0 +1,189 @@
+//! The record cache of RFC 6762 §10: what we have heard from others, when it expires, when to
+//! refresh it, and the evidence that it went stale (cache-flush, goodbye, POOF, reconfirm).
+//!
+//! It owns records only; deciding what to query and which records make a peer is the engine's.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::wire::{Name, Record};
+use super::IfaceId;
+
+/// Refresh queries at 80, 85, 90 and 95 % of the TTL (RFC 6762 §5.2).
+const REFRESH_PERCENT: [u32; 4] = [80, 85, 90, 95];
+/// Plus up to 2 % of the TTL of random jitter, so that one querier refreshes for everyone.
+const REFRESH_JITTER_PERCENT: f64 = 2.0;
+/// RFC 6762 §10.1 and §10.2: goodbyes and flushed records linger one second.
+pub const FLUSH_DELAY: Duration = Duration::from_secs(1);
+/// RFC 6762 §10.5: two unanswered queries over ten seconds flush a record.
+pub const POOF_WINDOW: Duration = Duration::from_secs(10);
+/// RFC 6762 §10.4: a reconfirmed record that is not heard again within ten seconds is flushed.
+pub const RECONFIRM_WINDOW: Duration = Duration::from_secs(10);
+/// Bound on what a crowded or hostile link can make us hold.
+pub const MAX_ENTRIES: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub iface: IfaceId,
+    pub record: Record,
+    pub received: Instant,
+    pub expires: Instant,
+    /// Index into [`REFRESH_PERCENT`] of the next refresh, and when it is due.
+    pub refresh_step: usize,
+    pub refresh_at: Option<Instant>,
+    /// Unanswered queries for this record seen from others: (count, first seen).
+    pub poof: Option<(u32, Instant)>,
+    /// A reconfirmation started at this time (RFC 6762 §10.4).
+    pub reconfirm: Option<Instant>,
+}
+
+impl Entry {
+    fn schedule_refresh(&mut self, rng: &mut impl Rng) {
+        self.refresh_at = REFRESH_PERCENT.get(self.refresh_step).map(|pct| {
+            let jitter = rng.gen_range(0.0..REFRESH_JITTER_PERCENT);
+            let frac = (*pct as f64 + jitter) / 100.0;
+            self.received + Duration::from_secs_f64(self.record.ttl as f64 * frac)
+        });
+    }
+
+    /// The next moment this entry needs attention.
+    pub fn next_deadline(&self) -> Instant {
+        let mut t = self.expires;
+        if let Some(r) = self.refresh_at {
+            t = t.min(r);
+        }
+        if let Some((n, first)) = self.poof {
+            if n >= 2 {
+                t = t.min(first + POOF_WINDOW);
+            }
+        }
+        if let Some(start) = self.reconfirm {
+            t = t.min(start + RECONFIRM_WINDOW);
+        }
+        t
+    }
+}
+
+/// What happened when a record was offered to the cache.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Insert {
+    New,
+    Refreshed,
+    Goodbye,
+    Ignored,
+    Full,
+}
+
+#[derive(Debug, Default)]
+pub struct Cache {
+    entries: Vec<Entry>,
+}
+
+impl Cache {
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.entries.iter_mut()
+    }
+
+    pub fn find(&self, name: &Name, rtype: u16) -> impl Iterator<Item = &Entry> {
+        let name = name.clone();
+        self.entries
+            .iter()
+            .filter(move |e| e.record.name == name && e.record.rtype() == rtype)
+    }
+
+    /// Offers a record heard on `iface` at `now` (RFC 6762 §10).
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        iface: IfaceId,
+        r: &Record,
+        rng: &mut impl Rng,
+    ) -> Insert {
+        // §10.2: a cache-flush record replaces the older members of its RRset, but only those
+        // older than one second, so that a burst of records of one RRset all survive.
+        if r.cache_flush && r.ttl > 0 {
+            for e in self.entries.iter_mut() {
+                if e.iface == iface
+                    && e.record.name == r.name
+                    && e.record.rtype() == r.rtype()
+                    && e.record.data != r.data
+                    && e.received + FLUSH_DELAY <= now
+                {
+                    e.expires = e.expires.min(now + FLUSH_DELAY);
+                    e.refresh_at = None;
+                }
+            }
+        }
+        let full = self.entries.len() >= MAX_ENTRIES;
+        let existing = self
+            .entries
+            .iter_mut()
+            .find(|e| e.iface == iface && e.record.same_record(r));
+        match existing {
+            Some(e) if r.ttl == 0 => {
+                // §10.1: a goodbye; keep it one more second.
+                e.expires = e.expires.min(now + FLUSH_DELAY);
+                e.refresh_at = None;
+                e.reconfirm = None;
+                Insert::Goodbye
+            }
+            None if r.ttl == 0 => Insert::Ignored,
+            Some(e) => {
+                e.record = r.clone();
+                e.received = now;
+                e.expires = now + Duration::from_secs(r.ttl as u64);
+                e.refresh_step = 0;
+                e.poof = None;
+                e.reconfirm = None;
+                e.schedule_refresh(rng);
+                Insert::Refreshed
+            }
+            None if full => Insert::Full,
+            None => {
+                let mut e = Entry {
+                    iface,
+                    record: r.clone(),
+                    received: now,
+                    expires: now + Duration::from_secs(r.ttl as u64),
+                    refresh_step: 0,
+                    refresh_at: None,
+                    poof: None,
+                    reconfirm: None,
+                };
+                e.schedule_refresh(rng);
+                self.entries.push(e);
+                Insert::New
+            }
+        }
+    }
+
+    /// Moves a refreshed entry to its next refresh step.
+    pub fn advance_refresh(e: &mut Entry, rng: &mut impl Rng) {
+        e.refresh_step += 1;
+        e.schedule_refresh(rng);
+    }
+
+    /// Removes expired entries and those POOF or a failed reconfirmation condemned; true if any.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|e| {
+            let poofed = matches!(e.poof, Some((n, first)) if n >= 2 && now >= first + POOF_WINDOW);
+            let unconfirmed = matches!(e.reconfirm, Some(start) if now >= start + RECONFIRM_WINDOW);
+            e.expires > now && !poofed && !unconfirmed
+        });
+        self.entries.len() != before
+    }
+
+    pub fn remove_iface(&mut self, iface: IfaceId) {
+        self.entries.retain(|e| e.iface != iface);
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.iter().map(Entry::next_deadline).min()
+    }
+}

@@ -1,0 +1,805 @@
+//! Engine tests on a virtual clock: several engines on a modelled link, one per RFC behaviour.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::wire::*;
+use super::*;
+
+const IF: IfaceId = IfaceId(1);
+
+fn addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, i as u8 + 1)
+}
+
+fn config(nick: &str, i: usize, ttl: Option<u32>) -> Config {
+    let key = format!("key{i}");
+    Config {
+        instance: format!("{nick}@lab"),
+        hostname: format!("nbhd-0000000{i}"),
+        port: 5298,
+        txt: xep0174_txt(5298, nick, "avail", "", &key),
+        host_ttl: ttl.unwrap_or(DEFAULT_HOST_TTL),
+        other_ttl: ttl.unwrap_or(DEFAULT_OTHER_TTL),
+        seed: 1000 + i as u64,
+    }
+}
+
+/// A link of engines: every multicast reaches every live engine (the sender too, as multicast
+/// loopback does) after one millisecond.
+struct Lan {
+    t0: Instant,
+    now: Instant,
+    nodes: Vec<Option<Presence>>,
+    flight: Vec<(Instant, usize, Transmit)>,
+    /// Every datagram sent: (time, sender, message).
+    log: Vec<(Instant, usize, Message)>,
+    events: Vec<(Instant, usize, Event)>,
+}
+
+impl Lan {
+    fn new(configs: Vec<Config>) -> Lan {
+        let t0 = Instant::now();
+        let mut lan = Lan {
+            t0,
+            now: t0,
+            nodes: Vec::new(),
+            flight: Vec::new(),
+            log: Vec::new(),
+            events: Vec::new(),
+        };
+        for c in configs {
+            lan.add(c);
+        }
+        lan
+    }
+
+    fn add(&mut self, c: Config) -> usize {
+        let i = self.nodes.len();
+        let mut p = Presence::new(c, self.now);
+        p.set_interface(self.now, IF, vec![addr(i)]);
+        self.nodes.push(Some(p));
+        i
+    }
+
+    fn node(&mut self, i: usize) -> &mut Presence {
+        self.nodes[i].as_mut().expect("live node")
+    }
+
+    fn src(i: usize) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(addr(i)), MDNS_PORT)
+    }
+
+    fn drain(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(n) = self.nodes[i].as_mut() else {
+                continue;
+            };
+            while let Some(t) = n.poll_transmit() {
+                self.log.push((
+                    self.now,
+                    i,
+                    Message::parse(&t.payload).expect("we emit valid messages"),
+                ));
+                self.flight
+                    .push((self.now + Duration::from_millis(1), i, t));
+            }
+            while let Some(e) = n.poll_event() {
+                self.events.push((self.now, i, e));
+            }
+        }
+    }
+
+    /// Injects a datagram from a host that is not an engine.
+    fn inject(&mut self, to: usize, src: SocketAddr, msg: &Message) {
+        let now = self.now;
+        let _ = self.node(to).handle_packet(now, IF, src, &msg.emit());
+        self.drain();
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.drain();
+        loop {
+            let next_timer = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter_map(|n| n.poll_timeout())
+                .min();
+            let next_flight = self.flight.iter().map(|f| f.0).min();
+            let next = match (next_timer, next_flight) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            let (due, keep): (Vec<_>, Vec<_>) = self.flight.drain(..).partition(|f| f.0 <= now);
+            self.flight = keep;
+            for (_, from, t) in due {
+                for (j, n) in self.nodes.iter_mut().enumerate() {
+                    if let (Some(n), Destination::Multicast) = (n.as_mut(), &t.destination) {
+                        let _ = n.handle_packet(now, IF, Lan::src(from), &t.payload);
+                    }
+                    let _ = j;
+                }
+            }
+            for n in self.nodes.iter_mut().flatten() {
+                if n.poll_timeout().is_some_and(|t| t <= now) {
+                    n.handle_timeout(now);
+                }
+            }
+            self.drain();
+        }
+        self.now = end;
+    }
+
+    fn peers(&self, i: usize) -> Vec<String> {
+        let mut v: Vec<String> = self.nodes[i]
+            .as_ref()
+            .unwrap()
+            .peers()
+            .map(|p| p.instance.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn sent_by(&self, i: usize, since: Instant) -> Vec<&Message> {
+        self.log
+            .iter()
+            .filter(|(t, f, _)| *f == i && *t >= since)
+            .map(|(_, _, m)| m)
+            .collect()
+    }
+}
+
+fn ptr_query() -> Message {
+    let mut q = Message::query();
+    q.questions.push(Question {
+        name: Name::dotted(SERVICE_TYPE),
+        qtype: TYPE_PTR,
+        unicast: false,
+    });
+    q
+}
+
+fn other() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99)), MDNS_PORT)
+}
+
+#[test]
+fn three_nodes_find_each_other_in_about_two_seconds() {
+    let mut lan = Lan::new(vec![
+        config("a", 0, None),
+        config("b", 1, None),
+        config("c", 2, None),
+    ]);
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(lan.peers(0), vec!["b@lab", "c@lab"]);
+    assert_eq!(lan.peers(1), vec!["a@lab", "c@lab"]);
+    assert_eq!(lan.peers(2), vec!["a@lab", "b@lab"]);
+    let last_up = lan
+        .events
+        .iter()
+        .filter(|e| matches!(e.2, Event::PeerUp(_)))
+        .map(|e| e.0)
+        .max()
+        .unwrap();
+    let took = last_up - lan.t0;
+    // Probing is 3 × 250 ms after up to 250 ms; the first announcement follows at once.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    let p = lan.node(0).peers().find(|p| p.nick == "b").unwrap().clone();
+    assert_eq!(p.addrs, vec![IpAddr::V4(addr(1))]);
+    assert_eq!(p.port, 5298);
+    assert!(!p.legacy);
+    assert_eq!(p.id, "key1");
+    assert_eq!(
+        lan.events
+            .iter()
+            .filter(|e| matches!(e.2, Event::Renamed { .. }))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn probing_sends_three_any_probes_with_authority_then_two_announcements() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let sent = lan.sent_by(0, lan.t0);
+    let probes: Vec<_> = sent
+        .iter()
+        .filter(|m| !m.response && !m.authority.is_empty())
+        .collect();
+    assert_eq!(probes.len(), 3);
+    for p in &probes {
+        assert!(p.questions.iter().all(|q| q.qtype == TYPE_ANY));
+        assert!(p.authority.iter().any(|r| r.rtype() == TYPE_SRV));
+        assert!(p.authority.iter().any(|r| r.rtype() == TYPE_A));
+    }
+    assert!(
+        probes[0].questions[0].unicast,
+        "first probe asks QU (RFC 6762 §8.1)"
+    );
+    let announcements: Vec<_> = sent.iter().filter(|m| m.response).collect();
+    assert_eq!(announcements.len(), 2);
+    let srv = announcements[0]
+        .answers
+        .iter()
+        .find(|r| r.rtype() == TYPE_SRV)
+        .unwrap();
+    assert!(srv.cache_flush, "unique records carry cache-flush");
+    let ptr = announcements[0]
+        .answers
+        .iter()
+        .find(|r| r.rtype() == TYPE_PTR)
+        .unwrap();
+    assert!(!ptr.cache_flush, "shared records do not");
+    assert!(lan.node(0).is_announced());
+}
+
+#[test]
+fn simultaneous_probes_for_one_name_end_with_exactly_one_rename() {
+    let mut a = config("same", 0, None);
+    let mut b = config("same", 1, None);
+    a.hostname = "nbhd-host-a".into();
+    b.hostname = "nbhd-host-b".into();
+    let mut lan = Lan::new(vec![a, b]);
+    lan.run_for(Duration::from_secs(8));
+    let renames: Vec<_> = lan
+        .events
+        .iter()
+        .filter(|e| matches!(e.2, Event::Renamed { .. }))
+        .collect();
+    assert_eq!(renames.len(), 1, "{renames:?}");
+    let names = [
+        lan.node(0).instance().to_string(),
+        lan.node(1).instance().to_string(),
+    ];
+    assert!(names.contains(&"same@lab".to_string()));
+    assert!(names.contains(&"same@lab (2)".to_string()));
+    assert_eq!(lan.peers(0).len(), 1);
+    assert_eq!(lan.peers(1).len(), 1);
+    assert_ne!(lan.peers(0), lan.peers(1));
+}
+
+#[test]
+fn a_conflicting_response_after_announcing_renames_the_host_name() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let mut m = Message::response();
+    let mut r = Record::new(
+        Name::dotted("nbhd-00000000.local"),
+        120,
+        RecordData::A(Ipv4Addr::new(10, 0, 0, 77)),
+    );
+    r.cache_flush = true;
+    m.answers.push(r);
+    lan.inject(0, other(), &m);
+    lan.run_for(Duration::from_secs(4));
+    assert_eq!(lan.node(0).hostname(), "nbhd-00000000-2");
+    assert_eq!(lan.node(0).instance(), "a@lab");
+    assert!(lan.node(0).is_announced());
+}
+
+#[test]
+fn our_own_echo_is_not_a_conflict() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    assert!(
+        lan.node(0).stats().own_echoes >= 5,
+        "probes and announcements came back"
+    );
+    assert_eq!(lan.node(0).stats().conflicts, 0);
+}
+
+#[test]
+fn a_query_whose_known_answers_hold_our_record_gets_no_answer() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let since = lan.now;
+    let mut q = ptr_query();
+    let inst = Name::child("a@lab", &Name::dotted(SERVICE_TYPE));
+    q.answers.push(Record::new(
+        Name::dotted(SERVICE_TYPE),
+        4000,
+        RecordData::Ptr(inst),
+    ));
+    lan.inject(0, other(), &q);
+    lan.run_for(Duration::from_secs(1));
+    assert!(
+        lan.sent_by(0, since).iter().all(|m| !m.response),
+        "no answer to a known answer"
+    );
+
+    // With a known answer below half its TTL, the answer is given (RFC 6762 §7.1).
+    let since = lan.now;
+    q.answers[0].ttl = 1000;
+    lan.inject(0, other(), &q);
+    lan.run_for(Duration::from_secs(1));
+    assert_eq!(
+        lan.sent_by(0, since).iter().filter(|m| m.response).count(),
+        1
+    );
+}
+
+#[test]
+fn known_answers_continued_in_truncated_packets_suppress_too() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let since = lan.now;
+    let mut first = ptr_query();
+    first.truncated = true;
+    lan.inject(0, other(), &first);
+    lan.run_for(Duration::from_millis(200));
+    assert!(
+        lan.sent_by(0, since).iter().all(|m| !m.response),
+        "the responder waits for the rest"
+    );
+    let mut rest = Message::query();
+    let inst = Name::child("a@lab", &Name::dotted(SERVICE_TYPE));
+    rest.answers.push(Record::new(
+        Name::dotted(SERVICE_TYPE),
+        4500,
+        RecordData::Ptr(inst),
+    ));
+    lan.inject(0, other(), &rest);
+    lan.run_for(Duration::from_secs(1));
+    assert!(lan.sent_by(0, since).iter().all(|m| !m.response));
+
+    // Without the continuation, the answer comes 400-500 ms after the first packet.
+    let since = lan.now;
+    lan.inject(0, other(), &first);
+    lan.run_for(Duration::from_secs(1));
+    let t = lan
+        .log
+        .iter()
+        .find(|(t, f, m)| *f == 0 && *t >= since && m.response)
+        .unwrap()
+        .0;
+    let waited = t - since;
+    assert!(
+        waited >= Duration::from_millis(400) && waited <= Duration::from_millis(500),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn a_long_known_answer_list_is_split_with_tc() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    // Sixty peers' PTRs in A's cache.
+    for i in 0..60 {
+        let mut m = Message::response();
+        let inst = Name::child(
+            &format!("peer-with-a-longish-name-{i}@lab"),
+            &Name::dotted(SERVICE_TYPE),
+        );
+        m.answers.push(Record::new(
+            Name::dotted(SERVICE_TYPE),
+            4500,
+            RecordData::Ptr(inst),
+        ));
+        lan.inject(0, other(), &m);
+    }
+    // A's next browse query (its interval keeps doubling) carries them all as known answers.
+    let since = lan.now;
+    lan.run_for(Duration::from_secs(20));
+    let queries: Vec<_> = lan
+        .sent_by(0, since)
+        .into_iter()
+        .filter(|m| !m.response)
+        .cloned()
+        .collect();
+    let first = queries
+        .iter()
+        .position(|m| m.questions.iter().any(|q| q.qtype == TYPE_PTR))
+        .unwrap();
+    let burst: Vec<_> = queries[first..]
+        .iter()
+        .take_while(|m| m.truncated)
+        .collect();
+    assert!(!burst.is_empty(), "the first packet has TC set");
+    let last = &queries[first + burst.len()];
+    assert!(!last.truncated && last.questions.is_empty());
+    let kas: usize = queries[first..=first + burst.len()]
+        .iter()
+        .map(|m| m.answers.len())
+        .sum();
+    assert_eq!(kas, 60);
+    for m in &queries[first..=first + burst.len()] {
+        assert!(m.emit().len() <= TARGET_MESSAGE);
+    }
+}
+
+#[test]
+fn shared_answers_wait_20_to_120_ms_and_unique_ones_do_not() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    for _ in 0..5 {
+        lan.run_for(Duration::from_secs(2));
+        let since = lan.now;
+        lan.inject(0, other(), &ptr_query());
+        lan.run_for(Duration::from_millis(500));
+        let t = lan
+            .log
+            .iter()
+            .find(|(t, f, m)| *f == 0 && *t >= since && m.response)
+            .unwrap()
+            .0;
+        let d = t - since;
+        assert!(
+            d >= Duration::from_millis(20) && d <= Duration::from_millis(120),
+            "{d:?}"
+        );
+    }
+    let since = lan.now;
+    let mut q = Message::query();
+    q.questions.push(Question {
+        name: Name::dotted("nbhd-00000000.local"),
+        qtype: TYPE_A,
+        unicast: false,
+    });
+    lan.inject(0, other(), &q);
+    let sent = lan.sent_by(0, since);
+    assert_eq!(sent.len(), 1, "a unique answer is sent at once");
+    assert_eq!(sent[0].answers[0].data, RecordData::A(addr(0)));
+}
+
+#[test]
+fn a_ptr_answer_carries_srv_txt_and_address_as_additionals() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let since = lan.now;
+    lan.inject(0, other(), &ptr_query());
+    lan.run_for(Duration::from_millis(200));
+    let r = lan
+        .sent_by(0, since)
+        .into_iter()
+        .find(|m| m.response)
+        .unwrap()
+        .clone();
+    let types: Vec<u16> = r.additional.iter().map(Record::rtype).collect();
+    assert!(types.contains(&TYPE_SRV) && types.contains(&TYPE_TXT) && types.contains(&TYPE_A));
+}
+
+#[test]
+fn duplicate_answers_are_suppressed() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let since = lan.now;
+    lan.inject(0, other(), &ptr_query());
+    // Someone else answers with our very record before our 20 ms delay is over.
+    let mut dup = Message::response();
+    let inst = Name::child("a@lab", &Name::dotted(SERVICE_TYPE));
+    dup.answers.push(Record::new(
+        Name::dotted(SERVICE_TYPE),
+        4500,
+        RecordData::Ptr(inst),
+    ));
+    lan.inject(0, other(), &dup);
+    lan.run_for(Duration::from_secs(1));
+    assert!(lan.sent_by(0, since).iter().all(|m| !m.response));
+}
+
+#[test]
+fn duplicate_questions_are_suppressed() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_millis(150)); // A's first browse went out at 20-120 ms
+    let since = lan.now;
+    lan.inject(0, other(), &ptr_query());
+    lan.run_for(Duration::from_millis(1500)); // A's second browse was due about 1 s after its first
+    let browses = lan
+        .sent_by(0, since)
+        .iter()
+        .filter(|m| {
+            !m.response && m.authority.is_empty() && m.questions.iter().any(|q| q.qtype == TYPE_PTR)
+        })
+        .count();
+    assert_eq!(browses, 0);
+}
+
+#[test]
+fn a_record_is_multicast_at_most_once_a_second_but_goodbyes_are_not_held() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let mut q = Message::query();
+    q.questions.push(Question {
+        name: Name::dotted("nbhd-00000000.local"),
+        qtype: TYPE_A,
+        unicast: false,
+    });
+    let since = lan.now;
+    lan.inject(0, other(), &q);
+    lan.run_for(Duration::from_millis(300));
+    lan.inject(0, other(), &q);
+    lan.run_for(Duration::from_millis(300));
+    assert_eq!(
+        lan.sent_by(0, since).len(),
+        1,
+        "second answer within 1 s is held back"
+    );
+    lan.run_for(Duration::from_millis(500));
+    lan.inject(0, other(), &q);
+    assert_eq!(
+        lan.sent_by(0, since).len(),
+        2,
+        "after a second it is answered again"
+    );
+    let now = lan.now;
+    lan.node(0).close(now);
+    lan.drain();
+    let bye = lan.sent_by(0, now).into_iter().last().unwrap().clone();
+    assert!(bye.answers.iter().all(|r| r.ttl == 0));
+    assert!(
+        bye.answers.iter().any(|r| r.rtype() == TYPE_A),
+        "goodbye includes the rate-limited A"
+    );
+}
+
+#[test]
+fn legacy_unicast_queries_get_a_direct_answer_with_short_ttl() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let mut q = ptr_query();
+    q.id = 4242;
+    let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 50)), 40000);
+    let now = lan.now;
+    lan.node(0).handle_packet(now, IF, src, &q.emit()).unwrap();
+    let t = lan.node(0).poll_transmit().unwrap();
+    assert_eq!(t.destination, Destination::Unicast(src));
+    let m = Message::parse(&t.payload).unwrap();
+    assert_eq!(m.id, 4242);
+    assert_eq!(m.questions, q.questions);
+    assert!(m
+        .answers
+        .iter()
+        .chain(&m.additional)
+        .all(|r| r.ttl <= 10 && !r.cache_flush));
+}
+
+#[test]
+fn goodbye_removes_the_peer_after_one_second() {
+    let mut lan = Lan::new(vec![config("a", 0, None), config("b", 1, None)]);
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(lan.peers(0), vec!["b@lab"]);
+    let now = lan.now;
+    lan.node(1).close(now);
+    lan.run_for(Duration::from_millis(900));
+    assert_eq!(
+        lan.peers(0),
+        vec!["b@lab"],
+        "goodbye records linger one second (§10.1)"
+    );
+    lan.run_for(Duration::from_millis(200));
+    assert!(lan.peers(0).is_empty());
+    let down = lan
+        .events
+        .iter()
+        .find(|e| e.1 == 0 && matches!(e.2, Event::PeerDown(_)))
+        .unwrap()
+        .0;
+    assert!(down - now <= Duration::from_millis(1010));
+}
+
+#[test]
+fn a_silently_departed_peer_goes_when_its_records_expire() {
+    let ttl = 20;
+    let mut lan = Lan::new(vec![config("a", 0, Some(ttl)), config("b", 1, Some(ttl))]);
+    lan.run_for(Duration::from_secs(5));
+    assert_eq!(lan.peers(0), vec!["b@lab"]);
+    let last_heard = lan
+        .log
+        .iter()
+        .filter(|(_, f, m)| *f == 1 && m.response)
+        .map(|e| e.0)
+        .max()
+        .unwrap();
+    lan.nodes[1] = None; // kill -9: no goodbye
+    lan.run_for(Duration::from_secs(ttl as u64 + 5));
+    assert!(lan.peers(0).is_empty());
+    let down = lan
+        .events
+        .iter()
+        .find(|e| e.1 == 0 && matches!(e.2, Event::PeerDown(_)))
+        .unwrap()
+        .0;
+    assert!(
+        down - last_heard <= Duration::from_secs(ttl as u64 + 1),
+        "{:?}",
+        down - last_heard
+    );
+    // A kept asking before giving up: refresh queries at 80-95 % of the TTL.
+    let refreshes = lan
+        .sent_by(0, last_heard)
+        .iter()
+        .filter(|m| !m.response)
+        .count();
+    assert!(refreshes >= 2, "{refreshes}");
+}
+
+#[test]
+fn live_peers_are_refreshed_and_never_drop_out() {
+    let ttl = 30;
+    let mut lan = Lan::new(
+        (0..4)
+            .map(|i| config(&format!("n{i}"), i, Some(ttl)))
+            .collect(),
+    );
+    lan.run_for(Duration::from_secs(600));
+    for i in 0..4 {
+        assert_eq!(lan.peers(i).len(), 3);
+    }
+    assert!(lan
+        .events
+        .iter()
+        .all(|e| !matches!(e.2, Event::PeerDown(_))));
+}
+
+/// Steady-state traffic grows as O(N): doubling the nodes roughly doubles the packets.
+#[test]
+fn steady_state_traffic_is_linear_in_the_number_of_peers() {
+    let ttl = 60;
+    let count = |n: usize| {
+        let mut lan = Lan::new(
+            (0..n)
+                .map(|i| config(&format!("n{i}"), i, Some(ttl)))
+                .collect(),
+        );
+        lan.run_for(Duration::from_secs(120));
+        let since = lan.now;
+        lan.run_for(Duration::from_secs(600));
+        lan.log.iter().filter(|e| e.0 >= since).count() as f64
+    };
+    let (c8, c16) = (count(8), count(16));
+    let ratio = c16 / c8;
+    eprintln!(
+        "steady state over 600 s: 8 nodes {c8} packets, 16 nodes {c16} packets, ratio {ratio:.2}"
+    );
+    assert!(
+        ratio < 2.6,
+        "8 nodes: {c8} packets, 16 nodes: {c16} packets, ratio {ratio:.2}"
+    );
+    assert!(c8 > 0.0);
+}
+
+#[test]
+fn reconfirm_drops_a_dead_peer_within_ten_seconds_and_poof_tells_the_others() {
+    let mut lan = Lan::new(vec![
+        config("a", 0, None),
+        config("b", 1, None),
+        config("c", 2, None),
+    ]);
+    lan.run_for(Duration::from_secs(5));
+    lan.nodes[2] = None;
+    let now = lan.now;
+    lan.node(0).reconfirm(now, "c@lab");
+    lan.run_for(Duration::from_secs(11));
+    assert_eq!(lan.peers(0), vec!["b@lab"], "reconfirm flushed c (§10.4)");
+    assert_eq!(
+        lan.peers(1),
+        vec!["a@lab"],
+        "b saw a's unanswered queries (POOF, §10.5)"
+    );
+    assert!(lan.now - now < Duration::from_secs(DEFAULT_HOST_TTL as u64));
+}
+
+#[test]
+fn reconfirm_of_a_live_peer_keeps_it() {
+    let mut lan = Lan::new(vec![config("a", 0, None), config("b", 1, None)]);
+    lan.run_for(Duration::from_secs(5));
+    let now = lan.now;
+    lan.node(0).reconfirm(now, "b@lab");
+    lan.run_for(Duration::from_secs(15));
+    assert_eq!(lan.peers(0), vec!["b@lab"]);
+}
+
+#[test]
+fn a_cache_flush_record_replaces_the_old_address() {
+    let mut lan = Lan::new(vec![config("a", 0, None), config("b", 1, None)]);
+    lan.run_for(Duration::from_secs(5));
+    let now = lan.now;
+    lan.node(1)
+        .set_interface(now, IF, vec![Ipv4Addr::new(10, 0, 0, 200)]);
+    lan.run_for(Duration::from_secs(5));
+    let p = lan.node(0).peers().next().unwrap().clone();
+    assert_eq!(p.addrs, vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 200))]);
+    assert!(lan
+        .events
+        .iter()
+        .any(|e| e.1 == 0 && matches!(e.2, Event::PeerChanged(_))));
+}
+
+#[test]
+fn peers_without_nbhd_are_legacy_and_keyed_by_instance() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let svc = Name::dotted(SERVICE_TYPE);
+    let inst = Name::child("pidgin@box", &svc);
+    let host = Name::dotted("box.local");
+    let mut m = Message::response();
+    m.answers.push(Record::new(
+        svc.clone(),
+        4500,
+        RecordData::Ptr(inst.clone()),
+    ));
+    m.additional.push(Record::new(
+        inst.clone(),
+        120,
+        RecordData::Srv {
+            priority: 0,
+            weight: 0,
+            port: 5298,
+            target: host.clone(),
+        },
+    ));
+    m.additional.push(Record::new(
+        inst,
+        4500,
+        RecordData::Txt(vec![b"txtvers=1".to_vec(), b"status=away".to_vec()]),
+    ));
+    m.additional.push(Record::new(
+        host,
+        120,
+        RecordData::A(Ipv4Addr::new(10, 0, 0, 9)),
+    ));
+    lan.inject(0, other(), &m);
+    let p = lan.node(0).peers().next().unwrap().clone();
+    assert!(p.legacy);
+    assert_eq!(p.id, "pidgin@box");
+    assert_eq!(p.nick, "pidgin");
+    assert_eq!(p.status, "away");
+}
+
+#[test]
+fn a_peer_with_srv_but_no_address_is_resolved_by_one_query() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let svc = Name::dotted(SERVICE_TYPE);
+    let inst = Name::child("x@box", &svc);
+    let mut m = Message::response();
+    m.answers
+        .push(Record::new(svc, 4500, RecordData::Ptr(inst.clone())));
+    let since = lan.now;
+    lan.inject(0, other(), &m);
+    lan.run_for(Duration::from_millis(500));
+    let asked: Vec<u16> = lan
+        .sent_by(0, since)
+        .iter()
+        .filter(|m| !m.response)
+        .flat_map(|m| {
+            m.questions
+                .iter()
+                .filter(|q| q.name == inst)
+                .map(|q| q.qtype)
+        })
+        .collect();
+    assert!(
+        asked.contains(&TYPE_SRV) && asked.contains(&TYPE_TXT),
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn garbage_is_counted_and_changes_nothing() {
+    let mut lan = Lan::new(vec![config("a", 0, None), config("b", 1, None)]);
+    lan.run_for(Duration::from_secs(5));
+    let now = lan.now;
+    let n = lan.node(0);
+    assert!(n.handle_packet(now, IF, other(), &[1, 2, 3]).is_err());
+    assert!(n
+        .handle_packet(now, IF, other(), &vec![0u8; 10_000])
+        .is_err());
+    let mut looped = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 10, 0, 4, 1, 2, 3, 4]);
+    assert!(n.handle_packet(now, IF, other(), &looped).is_err());
+    assert_eq!(n.stats().dropped_total(), 3);
+    assert_eq!(lan.peers(0), vec!["b@lab"]);
+}
