@@ -1,0 +1,389 @@
+//! `nbhd up`: the event loop. It feeds the presence engine datagrams and time, sends what the
+//! engine wants sent, serves the control socket and the HTTP API, follows interface changes, and
+//! on SIGINT/SIGTERM sends goodbyes and exits 0.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use std::time::{Duration, Instant};
+
+use nbhd_proto::identity::Identity;
+use nbhd_proto::presence::{self, Destination, Event, IfaceId, Presence};
+use serde_json::{json, Value};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::control::{self, Request};
+use crate::datadir::DataDir;
+use crate::error::DaemonError;
+use crate::ifaces::{self, Iface};
+use crate::mdns::{self, MdnsSocket};
+use crate::store::Store;
+use crate::{api, view};
+
+/// How often interfaces are listed again to notice new, gone or renumbered ones.
+const IFACE_POLL: Duration = Duration::from_secs(5);
+/// Log the first few dropped packets of each kind, then one in this many, so a flood of garbage
+/// cannot flood the log.
+const DROP_LOG_EVERY: u64 = 100;
+
+pub struct UpOptions {
+    pub data_dir: DataDir,
+    pub nick: String,
+    pub ifaces: Vec<String>,
+    pub api: Option<SocketAddr>,
+    pub hostname: Option<String>,
+    pub record_ttl: Option<u32>,
+    pub status: String,
+    pub msg: String,
+}
+
+/// Driver-side counters, beside the engine's.
+#[derive(Default)]
+struct DriverStats {
+    truncated_in: u64,
+    send_errors: u64,
+    unknown_iface: u64,
+}
+
+struct Daemon {
+    presence: Presence,
+    socket: MdnsSocket,
+    ifaces: BTreeMap<u32, Iface>,
+    wanted_ifaces: Vec<String>,
+    identity: Identity,
+    events: broadcast::Sender<Value>,
+    stats: DriverStats,
+    api_url: String,
+    started: Instant,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub fn run(opts: UpOptions) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::other("starting the runtime", e))?;
+    rt.block_on(run_async(opts))
+}
+
+async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
+    let dir = opts.data_dir.clone();
+    dir.ensure_writable()?;
+    let _lock = dir.lock()?;
+    let found = ifaces::select(&opts.ifaces)?;
+    if opts.nick.trim().is_empty() {
+        return Err(DaemonError::Usage("--nick must not be empty".into()));
+    }
+    let store = Store::open(&dir.store())?;
+    let identity = Identity::from_secret(store.identity_secret()?);
+
+    // XEP-0174 stream listener (`port.p2pj`): bound now so the port we advertise is ours; the
+    // messaging engine serves it.
+    let p2pj = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .map_err(|e| DaemonError::other("binding the XEP-0174 listener", e))?;
+    let port = p2pj
+        .local_addr()
+        .map_err(|e| DaemonError::other("XEP-0174 listener", e))?
+        .port();
+
+    let socket = MdnsSocket::open()
+        .map_err(|e| DaemonError::other("opening the mDNS socket on port 5353", e))?;
+
+    let sock_path = dir.socket();
+    let _ = std::fs::remove_file(&sock_path); // a stale one; the lock proves nobody serves it
+    let control = UnixListener::bind(&sock_path)
+        .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
+    let api_listener = api::bind(opts.api).await.map_err(|e| {
+        DaemonError::Usage(format!(
+            "cannot listen for the API on {}: {e}; choose another with --api",
+            opts.api
+                .map_or(api::DEFAULT_API.to_string(), |a| a.to_string())
+        ))
+    })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|e| DaemonError::other("API listener", e))?;
+    let token = load_or_create_token(&dir)?;
+    let api_url = format!("http://{api_addr}/");
+    dir.write_file(&dir.api_file(), format!("{api_url}\n").as_bytes(), 0o644)
+        .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
+
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into());
+    let host = host.split('.').next().unwrap_or("host").to_string();
+    let nick: String = opts.nick.chars().take(40).collect();
+    let instance: String = format!("{nick}@{host}").chars().take(63).collect();
+    let hostname = opts
+        .hostname
+        .clone()
+        .unwrap_or_else(|| identity.hostname_label());
+    let hostname = hostname.trim_end_matches(".local").to_string();
+    let config = presence::Config {
+        instance,
+        hostname,
+        port,
+        txt: presence::xep0174_txt(port, &nick, &opts.status, &opts.msg, &identity.peer_id()),
+        host_ttl: opts.record_ttl.unwrap_or(presence::DEFAULT_HOST_TTL),
+        other_ttl: opts.record_ttl.unwrap_or(presence::DEFAULT_OTHER_TTL),
+        seed: u64::from_le_bytes(identity.public()[..8].try_into().unwrap_or([0; 8]))
+            ^ view::unix_ms(),
+    };
+    let started = Instant::now();
+    let presence = Presence::new(config, started);
+    let (events_tx, _) = broadcast::channel(1024);
+    let mut d = Daemon {
+        presence,
+        socket,
+        ifaces: BTreeMap::new(),
+        wanted_ifaces: opts.ifaces.clone(),
+        identity,
+        events: events_tx.clone(),
+        stats: DriverStats::default(),
+        api_url: api_url.clone(),
+        started,
+    };
+    d.apply_ifaces(found);
+    tracing::info!(
+        instance = d.presence.instance(),
+        id = %d.identity.peer_id(),
+        hostname = %format!("{}.local", d.presence.hostname()),
+        p2pj = port,
+        api = %api_url,
+        data_dir = %dir.path.display(),
+        "nbhd is up"
+    );
+    if d.ifaces.is_empty() {
+        tracing::warn!("no interface with an IPv4 address yet; waiting for one");
+    }
+
+    let (req_tx, mut req_rx) = mpsc::channel::<Request>(64);
+    tokio::spawn(control::serve(control, req_tx.clone(), events_tx.clone()));
+    tokio::spawn(api::serve(api_listener, token, req_tx));
+    tokio::spawn(async move {
+        // Reserved for the messaging engine; until then a peer that connects is closed at once.
+        let l = tokio::net::TcpListener::from_std({
+            let _ = p2pj.set_nonblocking(true);
+            p2pj
+        });
+        if let Ok(l) = l {
+            while let Ok((s, _)) = l.accept().await {
+                drop(s);
+            }
+        }
+    });
+
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| DaemonError::other("signal handler", e))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::other("signal handler", e))?;
+    let mut buf = mdns::new_buffer();
+    let mut iface_poll = tokio::time::interval(IFACE_POLL);
+    iface_poll.tick().await;
+
+    loop {
+        d.flush();
+        let timeout = d
+            .presence
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = d.socket.recv(&mut buf) => match r {
+                Ok(rx) => d.on_datagram(&buf[..rx.len], rx),
+                Err(e) => tracing::warn!("mDNS receive failed: {e}"),
+            },
+            _ = sleep => d.presence.handle_timeout(Instant::now()),
+            Some(req) = req_rx.recv() => {
+                let reply = d.on_request(&req.cmd, &req.args);
+                let _ = req.reply.send(reply);
+            }
+            _ = iface_poll.tick() => match ifaces::select(&d.wanted_ifaces) {
+                Ok(found) => d.apply_ifaces(found),
+                Err(e) => tracing::warn!("listing interfaces: {e}"),
+            },
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: sending goodbyes");
+    d.presence.close(Instant::now());
+    d.flush();
+    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(dir.api_file());
+    Ok(())
+}
+
+fn load_or_create_token(dir: &DataDir) -> Result<String, DaemonError> {
+    if let Ok(t) = std::fs::read_to_string(dir.token_file()) {
+        let t = t.trim().to_string();
+        if t.len() >= 32 {
+            return Ok(t);
+        }
+    }
+    let mut raw = [0u8; 24];
+    getrandom::getrandom(&mut raw).map_err(|e| DaemonError::other("OS randomness", e))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    dir.write_file(&dir.token_file(), format!("{token}\n").as_bytes(), 0o600)
+        .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
+    Ok(token)
+}
+
+impl Daemon {
+    fn apply_ifaces(&mut self, found: Vec<Iface>) {
+        let now = Instant::now();
+        let found: BTreeMap<u32, Iface> = found
+            .into_iter()
+            .filter(|i| !i.addrs.is_empty())
+            .map(|i| (i.index, i))
+            .collect();
+        let gone: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter(|k| !found.contains_key(k))
+            .copied()
+            .collect();
+        for idx in gone {
+            tracing::info!(iface = %self.ifaces[&idx].name, "interface gone");
+            self.presence.remove_interface(IfaceId(idx));
+            self.socket.leave(idx);
+            self.ifaces.remove(&idx);
+        }
+        for (idx, i) in found {
+            if self.ifaces.get(&idx) == Some(&i) {
+                continue;
+            }
+            if let Err(e) = self.socket.join(idx) {
+                tracing::warn!(iface = %i.name, "cannot join the mDNS group: {e}");
+                continue;
+            }
+            tracing::info!(iface = %i.name, addrs = ?i.addrs, "serving interface");
+            self.presence
+                .set_interface(now, IfaceId(idx), i.addrs.clone());
+            self.ifaces.insert(idx, i);
+        }
+    }
+
+    fn on_datagram(&mut self, bytes: &[u8], rx: mdns::Received) {
+        if rx.truncated {
+            self.stats.truncated_in += 1;
+            self.log_drop("oversized", rx.src, "datagram larger than 9216 bytes");
+            return;
+        }
+        if !self.ifaces.contains_key(&rx.ifindex) {
+            self.stats.unknown_iface += 1;
+            return; // a datagram on an interface we do not serve
+        }
+        if let Err(e) =
+            self.presence
+                .handle_packet(Instant::now(), IfaceId(rx.ifindex), rx.src, bytes)
+        {
+            self.log_drop(e.kind(), rx.src, &e.to_string());
+        }
+    }
+
+    fn log_drop(&self, kind: &str, src: SocketAddr, why: &str) {
+        let count = self
+            .presence
+            .stats()
+            .dropped
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
+            + self.stats.truncated_in;
+        if count <= 10 || count % DROP_LOG_EVERY == 0 {
+            tracing::warn!(%src, kind, count, "dropped mDNS packet: {why}");
+        }
+    }
+
+    /// Sends what the engine queued and publishes its events.
+    fn flush(&mut self) {
+        while let Some(t) = self.presence.poll_transmit() {
+            let r = match t.destination {
+                Destination::Multicast => {
+                    match self.ifaces.get(&t.iface.0).and_then(|i| i.addrs.first()) {
+                        Some(via) => self.socket.send_multicast(*via, &t.payload),
+                        None => continue,
+                    }
+                }
+                Destination::Unicast(dst) => self.socket.send_unicast(dst, &t.payload),
+            };
+            if let Err(e) = r {
+                self.stats.send_errors += 1;
+                tracing::debug!("mDNS send failed: {e}");
+            }
+        }
+        let now = Instant::now();
+        while let Some(e) = self.presence.poll_event() {
+            match &e {
+                Event::PeerUp(p) => {
+                    tracing::info!(peer = %p.instance, id = %p.id, addrs = ?p.addrs, legacy = p.legacy, "peer up")
+                }
+                Event::PeerDown(p) => tracing::info!(peer = %p.instance, "peer down"),
+                Event::PeerChanged(p) => tracing::info!(peer = %p.instance, "peer changed"),
+                Event::Renamed { instance, hostname } => {
+                    tracing::warn!(%instance, %hostname, "name conflict: renamed")
+                }
+                Event::Announced { iface, instance } => {
+                    tracing::info!(%instance, iface = iface.0, "announced");
+                }
+            }
+            if let Some(v) = view::event(&e, now) {
+                let _ = self.events.send(v);
+            }
+        }
+    }
+
+    fn on_request(&mut self, cmd: &str, _args: &Value) -> Result<Value, String> {
+        let now = Instant::now();
+        match cmd {
+            "peers" => Ok(Value::Array(
+                self.presence.peers().map(|p| view::peer(p, now)).collect(),
+            )),
+            "status" => Ok(json!({
+                "id": self.identity.peer_id(),
+                "instance": self.presence.instance(),
+                "hostname": format!("{}.local", self.presence.hostname()),
+                "announced": self.presence.is_announced(),
+                "interfaces": self.ifaces.values().map(|i| json!({
+                    "name": i.name,
+                    "addrs": i.addrs.iter().map(|a| IpAddr::V4(*a).to_string()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "api": self.api_url,
+                "uptime_ms": now.duration_since(self.started).as_millis() as u64,
+            })),
+            "stats" => {
+                let s = self.presence.stats();
+                let mut dropped: BTreeMap<String, u64> =
+                    s.dropped.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                *dropped.entry("oversized".into()).or_default() += self.stats.truncated_in;
+                Ok(json!({
+                    "mdns": {
+                        "packets_in": s.packets_in,
+                        "bytes_in": s.bytes_in,
+                        "packets_out": s.packets_out,
+                        "bytes_out": s.bytes_out,
+                        "queries_in": s.queries_in,
+                        "responses_in": s.responses_in,
+                        "own_echoes": s.own_echoes,
+                        "conflicts": s.conflicts,
+                        "dropped": dropped,
+                        "dropped_total": dropped.values().sum::<u64>(),
+                        "send_errors": self.stats.send_errors,
+                        "foreign_interface": self.stats.unknown_iface,
+                    },
+                    "peers": self.presence.peers().count(),
+                }))
+            }
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The mDNS socket: one UDP socket on port 5353 shared with any other responder in the namespace
+//! (`SO_REUSEADDR` + `SO_REUSEPORT`), joined to 224.0.0.251 on each interface we serve.
+//!
+//! `IP_PKTINFO` tells which interface a datagram came in on; `IP_MULTICAST_IF` is set before each
+//! multicast send, so every interface gets its own packets even in namespaces without a default
+//! route (DESIGN.md §4.1). Multicast loopback stays on: the engine recognises its own echoes.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+
+use nbhd_proto::presence::{MDNS_GROUP_V4, MDNS_PORT};
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+use tokio::io::unix::AsyncFd;
+
+/// Receive buffer: larger than the 9000 bytes RFC 6762 §17 allows, so an oversized datagram is
+/// seen as such (and counted) rather than silently cut.
+const RECV_BUF: usize = 9216;
+
+pub struct MdnsSocket {
+    fd: AsyncFd<Socket>,
+}
+
+/// One datagram as received.
+pub struct Received {
+    pub len: usize,
+    /// The kernel cut it: it was longer than our buffer.
+    pub truncated: bool,
+    pub src: SocketAddr,
+    pub ifindex: u32,
+}
+
+impl MdnsSocket {
+    pub fn open() -> io::Result<MdnsSocket> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MDNS_PORT)).into())?;
+        s.set_multicast_loop_v4(true)?;
+        s.set_multicast_ttl_v4(255)?; // RFC 6762 §11: receivers check nothing, but 255 is customary
+        socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+        // SAFETY: `s` is an open socket owned by the AsyncFd from here on; its descriptor never
+        // changes while it lives.
+        let fd = unsafe { AsyncFd::register(s) }.map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(MdnsSocket { fd })
+    }
+
+    pub fn join(&self, ifindex: u32) -> io::Result<()> {
+        match self
+            .fd
+            .get_ref()
+            .join_multicast_v4_n(&MDNS_GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex))
+        {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(()), // already joined
+            r => r,
+        }
+    }
+
+    pub fn leave(&self, ifindex: u32) {
+        let _ = self
+            .fd
+            .get_ref()
+            .leave_multicast_v4_n(&MDNS_GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex));
+    }
+
+    pub async fn recv(&self, buf: &mut [u8; RECV_BUF]) -> io::Result<Received> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|inner| recv_once(inner.get_ref().as_raw_fd(), buf)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends to the group out of the interface that has address `via`.
+    pub fn send_multicast(&self, via: Ipv4Addr, payload: &[u8]) -> io::Result<()> {
+        let s = self.fd.get_ref();
+        s.set_multicast_if_v4(&via)?;
+        let dst = SocketAddr::V4(SocketAddrV4::new(MDNS_GROUP_V4, MDNS_PORT));
+        s.send_to(payload, &dst.into()).map(|_| ())
+    }
+
+    pub fn send_unicast(&self, dst: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        self.fd.get_ref().send_to(payload, &dst.into()).map(|_| ())
+    }
+}
+
+pub fn new_buffer() -> Box<[u8; RECV_BUF]> {
+    Box::new([0u8; RECV_BUF])
+}
+
+fn recv_once(fd: i32, buf: &mut [u8; RECV_BUF]) -> io::Result<Received> {
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    let mut iov = [IoSliceMut::new(&mut buf[..])];
+    let msg = socket::recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_TRUNC)
+        .map_err(io::Error::from)?;
+    let mut ifindex = 0;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
+            ifindex = info.ipi_ifindex as u32;
+        }
+    }
+    let src = msg
+        .address
+        .map(|a| SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())))
+        .unwrap_or_else(|| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
+    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > RECV_BUF;
+    Ok(Received {
+        len: msg.bytes.min(RECV_BUF),
+        truncated,
+        src,
+        ifindex,
+    })
+}

@@ -1,0 +1,254 @@
+//! `nbhd`: the command line. Argument parsing and printing only; the work lives in
+//! `nbhd-daemon` and `nbhd-proto` (DESIGN.md §3). The contract of DESIGN.md §6 (commands,
+//! `--json` shapes, exit codes) is stable: scripts depend on it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nbhd_daemon::control::Client;
+use nbhd_daemon::{DaemonError, DataDir, UpOptions};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "nbhd",
+    version,
+    about = "Neighborhood: find the people on your Wi-Fi, mesh or LAN and work with them, no server needed",
+    long_about = "Neighborhood: serverless presence for people on the same Wi-Fi, mesh or LAN.\n\n\
+        Start the daemon with `nbhd up --nick NAME`; in another terminal, `nbhd peers` lists who is \
+        around and `nbhd events` follows arrivals and departures. Presence is mDNS/DNS-SD \
+        (`_presence._tcp`, XEP-0174), so Avahi, Bonjour and python-zeroconf peers show up too.",
+    after_help = "Exit codes: 0 success, 1 not found, 2 usage, 3 no daemon running, \
+        4 a daemon already runs on this data dir, 5 the data dir cannot be written."
+)]
+struct Cli {
+    /// Where the daemon keeps its store, socket and token [default: $NBHD_DATA_DIR, else the XDG data dir]
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print one JSON document (or one JSON object per line for streams) on stdout, and nothing else
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground; SIGINT/SIGTERM send goodbyes and exit 0
+    Up {
+        /// The name others see
+        #[arg(long)]
+        nick: String,
+        /// Serve only this interface (repeat for several) [default: every interface with IPv4]
+        #[arg(long = "iface", value_name = "IF")]
+        ifaces: Vec<String>,
+        /// Address of the local web view and HTTP API [default: 127.0.0.1:7640, or the next free port]
+        #[arg(long, value_name = "ADDR")]
+        api: Option<SocketAddr>,
+        /// Our mDNS host name [default: nbhd-<first 8 hex of our key>.local]
+        #[arg(long, value_name = "H")]
+        hostname: Option<String>,
+        /// TTL of every record we announce, in seconds [default: 120 for SRV/address records, 4500 for the others]
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=86400))]
+        record_ttl: Option<u32>,
+        /// Availability shown to others: avail, away or dnd
+        #[arg(long, default_value = "avail", value_parser = ["avail", "away", "dnd"])]
+        status: String,
+        /// A status message shown to others
+        #[arg(long, default_value = "")]
+        msg: String,
+    },
+    /// List the peers seen now (never ourselves)
+    Peers,
+    /// Follow peer events (peer-up, peer-down, peer-changed) until interrupted
+    Events,
+    /// Show this daemon's identity, names and interfaces
+    Status,
+    /// Show counters: mDNS packets in and out, and what was dropped and why
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let dir = DataDir::resolve(cli.data_dir.clone());
+    match run(cli, dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nbhd: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
+    let json = cli.json;
+    match cli.command {
+        Command::Up {
+            nick,
+            ifaces,
+            api,
+            hostname,
+            record_ttl,
+            status,
+            msg,
+        } => {
+            init_logging();
+            nbhd_daemon::run(UpOptions {
+                data_dir: dir,
+                nick,
+                ifaces,
+                api,
+                hostname,
+                record_ttl,
+                status,
+                msg,
+            })
+        }
+        Command::Peers => {
+            let peers = Client::connect(&dir)?.call(json!({"cmd": "peers"}))?;
+            if json {
+                print_json(&peers);
+            } else {
+                print_peers(&peers);
+            }
+            Ok(())
+        }
+        Command::Events => Client::connect(&dir)?.follow(|ev| {
+            let line = if json {
+                ev.to_string()
+            } else {
+                human_event(&ev)
+            };
+            let mut out = std::io::stdout().lock();
+            // A closed stdout (`nbhd events | head`) ends the stream quietly.
+            writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+        }),
+        Command::Status => {
+            let s = Client::connect(&dir)?.call(json!({"cmd": "status"}))?;
+            if json {
+                print_json(&s);
+            } else {
+                println!("instance   {}", s["instance"].as_str().unwrap_or(""));
+                println!("id         {}", s["id"].as_str().unwrap_or(""));
+                println!("hostname   {}", s["hostname"].as_str().unwrap_or(""));
+                println!("announced  {}", s["announced"]);
+                println!(
+                    "web view   {}#<token in {}>",
+                    s["api"].as_str().unwrap_or(""),
+                    dir.token_file().display()
+                );
+                for i in s["interfaces"].as_array().into_iter().flatten() {
+                    println!(
+                        "interface  {} {}",
+                        i["name"].as_str().unwrap_or(""),
+                        i["addrs"]
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Stats => {
+            let s = Client::connect(&dir)?.call(json!({"cmd": "stats"}))?;
+            if json {
+                print_json(&s);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NBHD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+fn print_peers(peers: &Value) {
+    let rows = peers.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no peers seen yet");
+        return;
+    }
+    let table: Vec<[String; 6]> = rows
+        .iter()
+        .map(|p| {
+            let addrs: Vec<String> = p["addrs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            let id = p["id"].as_str().unwrap_or("");
+            [
+                p["nick"].as_str().unwrap_or("").to_string(),
+                p["instance"].as_str().unwrap_or("").to_string(),
+                format!("{}:{}", addrs.join(","), p["port"]),
+                p["status"].as_str().unwrap_or("").to_string(),
+                format!("{}s ago", p["last_seen_ms"].as_u64().unwrap_or(0) / 1000),
+                if p["legacy"].as_bool() == Some(true) {
+                    "legacy XEP-0174".into()
+                } else {
+                    id.chars().take(12).collect()
+                },
+            ]
+        })
+        .collect();
+    let head = ["NICK", "INSTANCE", "ADDRESS", "STATUS", "SEEN", "ID"];
+    let widths: Vec<usize> = (0..6)
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(head[i].len())
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(head.to_vec()));
+    for r in &table {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+fn human_event(ev: &Value) -> String {
+    let p = &ev["peer"];
+    let addrs: Vec<&str> = p["addrs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    format!(
+        "{:<13} {} ({}){}",
+        ev["type"].as_str().unwrap_or("?"),
+        p["instance"].as_str().unwrap_or("?"),
+        addrs.join(", "),
+        if p["legacy"].as_bool() == Some(true) {
+            " [legacy]"
+        } else {
+            ""
+        }
+    )
+}
