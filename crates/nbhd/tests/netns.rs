@@ -1,0 +1,408 @@
+//! Multi-host tests: real `nbhd up` daemons in network namespaces on one bridge (nbhd-lab),
+//! and real peers nobody here wrote (python-zeroconf, avahi-daemon). Root only; they skip with a
+//! message elsewhere. Names start with `netns_` so nextest runs them in one serial group.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use nbhd_lab::{skip_unless_root, wait_for, Lab};
+use serde_json::Value;
+
+const NBHD: &str = env!("CARGO_BIN_EXE_nbhd");
+
+fn support(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(file)
+        .display()
+        .to_string()
+}
+
+fn data_dir(lab: &Lab, i: usize) -> PathBuf {
+    lab.dir.join(format!("data-h{}", i + 1))
+}
+
+/// Runs `nbhd --data-dir <h's dir> ARGS` inside host `i`.
+fn nbhd(lab: &Lab, i: usize, dir: &Path, args: &[&str]) -> Output {
+    let mut c = lab.command(i, NBHD);
+    c.arg("--data-dir").arg(dir).args(args);
+    c.output().expect("run nbhd")
+}
+
+fn start(lab: &mut Lab, i: usize, nick: &str, extra: &[&str]) -> u32 {
+    let dir = data_dir(lab, i);
+    let log = lab.dir.join(format!("nbhd-h{}-{nick}.log", i + 1));
+    let mut c = lab.command(i, NBHD);
+    c.env("NBHD_LOG", "info")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["up", "--nick", nick])
+        .args(extra);
+    let pid = lab.spawn_command(c, &log).expect("spawn nbhd up");
+    // The control socket appears once the daemon has its data dir, lock, interfaces and sockets.
+    let ok = wait_for(Duration::from_secs(20), || {
+        nbhd(lab, i, &dir, &["status", "--json"]).status.success()
+    });
+    assert!(
+        ok.is_some(),
+        "daemon on h{} did not come up; log:\n{}",
+        i + 1,
+        read(&log)
+    );
+    pid
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn peers(lab: &Lab, i: usize) -> Vec<Value> {
+    let out = nbhd(lab, i, &data_dir(lab, i), &["peers", "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn nicks(lab: &Lab, i: usize) -> Vec<String> {
+    let mut v: Vec<String> = peers(lab, i)
+        .iter()
+        .filter_map(|p| p["nick"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+fn status(lab: &Lab, i: usize) -> Value {
+    let out = nbhd(lab, i, &data_dir(lab, i), &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
+#[test]
+fn netns_three_daemons_find_each_other_then_leave_by_goodbye_and_by_kill() {
+    if skip_unless_root("netns_three_daemons_find_each_other_then_leave_by_goodbye_and_by_kill") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    let ttl = "6";
+    let t0 = Instant::now();
+    let names = ["alice", "bob", "carol"];
+    let mut pids = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        pids.push(start(&mut lab, i, n, &["--record-ttl", ttl]));
+    }
+    let all_seen = wait_for(Duration::from_secs(20), || {
+        (0..3).all(|i| {
+            let mut want: Vec<String> = names
+                .iter()
+                .filter(|n| **n != names[i])
+                .map(|s| s.to_string())
+                .collect();
+            want.sort();
+            nicks(&lab, i) == want
+        })
+    });
+    assert!(
+        all_seen.is_some(),
+        "peers: {:?}",
+        (0..3).map(|i| nicks(&lab, i)).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "FIGURE all 3 daemons list exactly the other two {:?} after the first start",
+        t0.elapsed()
+    );
+    // Each row carries what the contract promises, and the id is the peer's key.
+    let bob_id = status(&lab, 1)["id"].as_str().unwrap().to_string();
+    let rows = peers(&lab, 0);
+    let bob = rows.iter().find(|p| p["nick"] == "bob").unwrap();
+    assert_eq!(bob["id"], bob_id.as_str());
+    assert_eq!(bob["addrs"][0], lab.host(1).ip.to_string().as_str());
+    assert_eq!(bob["legacy"], false);
+    for k in [
+        "id",
+        "nick",
+        "instance",
+        "addrs",
+        "port",
+        "status",
+        "msg",
+        "legacy",
+        "last_seen_ms",
+    ] {
+        assert!(bob.get(k).is_some(), "missing {k}");
+    }
+
+    // SIGTERM: goodbyes, exit 0, gone from the others within about a second.
+    lab.signal(pids[2], libc::SIGTERM);
+    let sent = Instant::now();
+    assert_eq!(lab.wait_exit(pids[2], Duration::from_secs(10)), Some(0));
+    let gone = wait_for(Duration::from_secs(10), || {
+        !nicks(&lab, 0).contains(&"carol".to_string())
+            && !nicks(&lab, 1).contains(&"carol".to_string())
+    });
+    let gone = gone.expect("carol still listed after SIGTERM");
+    eprintln!(
+        "FIGURE after SIGTERM, carol left both lists {:?} after the signal",
+        sent.elapsed()
+    );
+    assert!(gone < Duration::from_secs(4), "took {gone:?}");
+
+    // kill -9: no goodbye; gone within the record TTL plus refresh slack.
+    let pid = start(&mut lab, 2, "carol", &["--record-ttl", ttl]);
+    wait_for(Duration::from_secs(20), || {
+        nicks(&lab, 0).contains(&"carol".to_string())
+    })
+    .expect("carol back");
+    lab.signal(pid, libc::SIGKILL);
+    let killed = Instant::now();
+    let gone = wait_for(Duration::from_secs(30), || {
+        !nicks(&lab, 0).contains(&"carol".to_string())
+            && !nicks(&lab, 1).contains(&"carol".to_string())
+    });
+    let gone = gone.expect("carol still listed after kill -9");
+    eprintln!(
+        "FIGURE after kill -9, carol left both lists {:?} after the kill (record TTL {ttl} s)",
+        killed.elapsed()
+    );
+    assert!(gone <= Duration::from_secs(6 + 4));
+}
+
+#[test]
+fn netns_cli_errors_are_one_line_with_the_contract_exit_codes() {
+    if skip_unless_root("netns_cli_errors_are_one_line_with_the_contract_exit_codes") {
+        return;
+    }
+    let mut lab = Lab::new(1).expect("lab");
+    let dir = data_dir(&lab, 0);
+    let check = |out: &Output, code: i32, needle: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(out.stdout.is_empty());
+    };
+    // No daemon running: exit 3.
+    check(&nbhd(&lab, 0, &dir, &["peers"]), 3, "nbhd up");
+    // Unknown interface: exit 2, names the interfaces there are.
+    check(
+        &nbhd(&lab, 0, &dir, &["up", "--nick", "x", "--iface", "nosuch0"]),
+        2,
+        "veth0",
+    );
+    // A daemon already runs on this data dir: exit 4.
+    start(&mut lab, 0, "first", &[]);
+    check(
+        &nbhd(&lab, 0, &dir, &["up", "--nick", "second"]),
+        4,
+        "already runs",
+    );
+    // An unwritable data dir (a read-only bind mount: root ignores file modes): exit 5.
+    let ro = lab.dir.join("readonly");
+    std::fs::create_dir_all(&ro).unwrap();
+    let script = format!(
+        "mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && exec {NBHD} --data-dir {ro}/d up --nick x",
+        ro = ro.display()
+    );
+    let out = lab
+        .exec(0, &["unshare", "-m", "sh", "-c", &script])
+        .unwrap();
+    check(&out, 5, "cannot write data dir");
+}
+
+#[test]
+fn netns_bad_input_is_dropped_counted_and_the_daemon_keeps_serving() {
+    if skip_unless_root("netns_bad_input_is_dropped_counted_and_the_daemon_keeps_serving") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    start(&mut lab, 0, "alice", &[]);
+    start(&mut lab, 1, "bob", &[]);
+    wait_for(Duration::from_secs(20), || nicks(&lab, 0) == ["bob"]).expect("alice sees bob");
+    let (src, dst) = (lab.host(2).ip.to_string(), lab.host(0).ip.to_string());
+    let out = lab
+        .exec(2, &["python3", &support("send_garbage.py"), &src, &dst])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = || -> Value {
+        let o = nbhd(&lab, 0, &data_dir(&lab, 0), &["stats", "--json"]);
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    };
+    // 4 kinds × (multicast + unicast) = 8 datagrams, every one dropped and counted.
+    wait_for(Duration::from_secs(10), || {
+        stats()["mdns"]["dropped_total"].as_u64() >= Some(8)
+    })
+    .unwrap_or_else(|| panic!("not all counted: {}", stats()));
+    let s = stats();
+    eprintln!(
+        "FIGURE dropped counters after the hostile burst: {}",
+        s["mdns"]["dropped"]
+    );
+    assert!(s["mdns"]["dropped"]["oversized"].as_u64() >= Some(2));
+    assert!(s["mdns"]["dropped"]["malformed"].as_u64() >= Some(4));
+    let log = read(&lab.dir.join("nbhd-h1-alice.log"));
+    assert!(log.contains("dropped mDNS packet"), "a log line says so");
+    // Still serving: a newcomer is found, and finds alice.
+    start(&mut lab, 2, "carol", &[]);
+    wait_for(Duration::from_secs(20), || {
+        nicks(&lab, 0) == ["bob", "carol"] && nicks(&lab, 2) == ["alice", "bob"]
+    })
+    .expect("alice keeps answering after bad input");
+}
+
+#[test]
+fn netns_python_zeroconf_resolves_nbhd_and_nbhd_lists_zeroconf_as_legacy() {
+    if skip_unless_root("netns_python_zeroconf_resolves_nbhd_and_nbhd_lists_zeroconf_as_legacy") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    start(&mut lab, 0, "alice", &[]);
+    let me = status(&lab, 0);
+    // python-zeroconf publishes a legacy XEP-0174 peer on h3.
+    let h3 = lab.host(2).ip.to_string();
+    let pub_log = lab.dir.join("zc-publish.log");
+    lab.spawn(
+        2,
+        &["python3", &support("zc_publish.py"), "pyzc@h3", &h3],
+        &pub_log,
+    )
+    .unwrap();
+    // python-zeroconf on h2 browses and resolves.
+    let h2 = lab.host(1).ip.to_string();
+    let out = lab
+        .exec(1, &["python3", &support("zc_browse.py"), "12", &h2])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "zc_browse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    eprintln!("FIGURE python-zeroconf resolved: {}", text.trim());
+    let alice = found
+        .iter()
+        .find(|v| v["name"].as_str().is_some_and(|n| n.starts_with("alice@")))
+        .unwrap_or_else(|| panic!("python-zeroconf did not resolve alice: {text}"));
+    assert_eq!(alice["txt"]["nbhd"], "1");
+    assert_eq!(alice["txt"]["txtvers"], "1");
+    assert_eq!(alice["txt"]["nick"], "alice");
+    assert_eq!(alice["txt"]["key"], me["id"]);
+    assert_eq!(
+        alice["txt"]["port.p2pj"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        alice["port"].as_u64().unwrap()
+    );
+    assert_eq!(alice["addresses"][0], lab.host(0).ip.to_string().as_str());
+    assert_eq!(
+        alice["server"],
+        me["hostname"]
+            .as_str()
+            .map(|h| format!("{h}."))
+            .unwrap()
+            .as_str()
+    );
+    // nbhd lists the python-zeroconf instance as legacy.
+    wait_for(Duration::from_secs(15), || {
+        peers(&lab, 0).iter().any(|p| p["instance"] == "pyzc@h3")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nbhd did not list pyzc@h3: {:?}; zeroconf log: {}",
+            peers(&lab, 0),
+            read(&pub_log)
+        )
+    });
+    let row = peers(&lab, 0)
+        .into_iter()
+        .find(|p| p["instance"] == "pyzc@h3")
+        .unwrap();
+    assert_eq!(row["legacy"], true);
+    assert_eq!(row["id"], "pyzc@h3");
+    assert_eq!(row["status"], "away");
+    assert_eq!(row["addrs"][0], h3.as_str());
+}
+
+#[test]
+fn netns_nbhd_lists_an_avahi_static_service_as_legacy() {
+    if skip_unless_root("netns_nbhd_lists_an_avahi_static_service_as_legacy") {
+        return;
+    }
+    let mut lab = Lab::new(2).expect("lab");
+    let etc = lab.etc_dir(1).unwrap().join("avahi");
+    std::fs::create_dir_all(etc.join("services")).unwrap();
+    std::fs::write(
+        etc.join("avahi-daemon.conf"),
+        "[server]\nhost-name=avahilab\nuse-ipv4=yes\nuse-ipv6=no\nenable-dbus=no\nallow-interfaces=veth0\n\
+         [wide-area]\nenable-wide-area=no\n[publish]\npublish-hinfo=no\npublish-workstation=no\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("services/presence.service"),
+        r#"<?xml version="1.0" standalone='no'?>
+<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
+<service-group>
+  <name>avahi-peer@lab</name>
+  <service>
+    <type>_presence._tcp</type>
+    <port>5298</port>
+    <txt-record>txtvers=1</txt-record>
+    <txt-record>nick=avahi-peer</txt-record>
+    <txt-record>status=dnd</txt-record>
+    <txt-record>port.p2pj=5298</txt-record>
+  </service>
+</service-group>
+"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/avahi-daemon").unwrap();
+    let log = lab.dir.join("avahi.log");
+    // Own tmpfs on /run/avahi-daemon (pid file, socket) in this command's private mount namespace.
+    lab.spawn(
+        1,
+        &[
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /run/avahi-daemon && exec avahi-daemon --no-drop-root --no-chroot --no-rlimits -f /etc/avahi/avahi-daemon.conf",
+        ],
+        &log,
+    )
+    .unwrap();
+    start(&mut lab, 0, "alice", &[]);
+    wait_for(Duration::from_secs(20), || {
+        peers(&lab, 0)
+            .iter()
+            .any(|p| p["instance"] == "avahi-peer@lab")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nbhd did not list avahi's service: {:?}; avahi log:\n{}",
+            peers(&lab, 0),
+            read(&log)
+        )
+    });
+    let row = peers(&lab, 0)
+        .into_iter()
+        .find(|p| p["instance"] == "avahi-peer@lab")
+        .unwrap();
+    assert_eq!(row["legacy"], true);
+    assert_eq!(row["nick"], "avahi-peer");
+    assert_eq!(row["status"], "dnd");
+    assert_eq!(row["addrs"][0], lab.host(1).ip.to_string().as_str());
+    assert_eq!(row["port"], 5298);
+}
