@@ -291,15 +291,9 @@ impl Daemon {
     }
 
     fn log_drop(&self, kind: &str, src: SocketAddr, why: &str) {
-        let count = self
-            .presence
-            .stats()
-            .dropped
-            .get(kind)
-            .copied()
-            .unwrap_or(0)
-            + self.stats.truncated_in;
-        if count <= 10 || count % DROP_LOG_EVERY == 0 {
+        let engine = self.presence.stats().dropped.get(kind).copied().unwrap_or(0);
+        let count = if kind == "oversized" { engine + self.stats.truncated_in } else { engine };
+        if count <= 10 || count.is_multiple_of(DROP_LOG_EVERY) {
             tracing::warn!(%src, kind, count, "dropped mDNS packet: {why}");
         }
     }

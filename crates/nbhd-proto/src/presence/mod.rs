@@ -890,7 +890,7 @@ impl Presence {
         let Some(link) = self.links.get_mut(&iface) else {
             return;
         };
-        if !link.pending.as_ref().is_some_and(|p| p.at <= now) {
+        if link.pending.as_ref().is_none_or(|p| p.at > now) {
             return;
         }
         let p = link.pending.take().expect("checked above");
@@ -1096,12 +1096,11 @@ impl Presence {
                         }
                     }
                 }
-                RecordData::Srv { target, .. } => {
+                RecordData::Srv { target, .. }
                     if self.cache.find(target, TYPE_A).next().is_none()
-                        && self.cache.find(target, TYPE_AAAA).next().is_none()
-                    {
-                        wanted.push((e.iface, target.clone(), TYPE_A));
-                    }
+                        && self.cache.find(target, TYPE_AAAA).next().is_none() =>
+                {
+                    wanted.push((e.iface, target.clone(), TYPE_A));
                 }
                 _ => {}
             }
