@@ -291,8 +291,18 @@ impl Daemon {
     }
 
     fn log_drop(&self, kind: &str, src: SocketAddr, why: &str) {
-        let engine = self.presence.stats().dropped.get(kind).copied().unwrap_or(0);
-        let count = if kind == "oversized" { engine + self.stats.truncated_in } else { engine };
+        let engine = self
+            .presence
+            .stats()
+            .dropped
+            .get(kind)
+            .copied()
+            .unwrap_or(0);
+        let count = if kind == "oversized" {
+            engine + self.stats.truncated_in
+        } else {
+            engine
+        };
         if count <= 10 || count.is_multiple_of(DROP_LOG_EVERY) {
             tracing::warn!(%src, kind, count, "dropped mDNS packet: {why}");
         }
