@@ -253,8 +253,8 @@ impl Lab {
     pub fn drop_unicast(&self, a: usize, b: usize) -> io::Result<()> {
         let script = format!(
             "add table bridge {FAULT_TABLE}\n\
-             add chain bridge {FAULT_TABLE} fwd {{ type filter hook forward priority 0; policy accept; }}\n\
-             add rule bridge {FAULT_TABLE} fwd ip saddr {} ip daddr {} drop\n",
+             add chain bridge {FAULT_TABLE} lab_forward {{ type filter hook forward priority 0; policy accept; }}\n\
+             add rule bridge {FAULT_TABLE} lab_forward ip saddr {} ip daddr {} drop\n",
             self.hosts[a].ip, self.hosts[b].ip
         );
         self.nft(&self.bridge_ns, &script)
@@ -262,10 +262,16 @@ impl Lab {
 
     /// Drops `percent` % of the packets host `i` receives on its lab interface.
     pub fn loss(&self, i: usize, percent: u8) -> io::Result<()> {
+        // nft's `numgen random mod 100` is 0..=99, so `< 100` is out of its range: plain drop.
+        let matcher = if percent >= 100 {
+            String::new()
+        } else {
+            format!("numgen random mod 100 < {percent} ")
+        };
         let script = format!(
             "add table inet {LOSS_TABLE}\n\
-             add chain inet {LOSS_TABLE} input {{ type filter hook input priority 0; policy accept; }}\n\
-             add rule inet {LOSS_TABLE} input iifname \"veth0\" numgen random mod 100 < {percent} drop\n"
+             add chain inet {LOSS_TABLE} lab_input {{ type filter hook input priority 0; policy accept; }}\n\
+             add rule inet {LOSS_TABLE} lab_input iifname \"veth0\" {matcher}drop\n"
         );
         self.nft(&self.hosts[i].ns, &script)
     }

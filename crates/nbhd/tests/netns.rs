@@ -92,8 +92,16 @@ fn netns_three_daemons_find_each_other_then_leave_by_goodbye_and_by_kill() {
     let t0 = Instant::now();
     let names = ["alice", "bob", "carol"];
     let mut pids = Vec::new();
+    let events_log = lab.dir.join("events-h1.jsonl");
     for (i, n) in names.iter().enumerate() {
         pids.push(start(&mut lab, i, n, &["--record-ttl", ttl]));
+        if i == 0 {
+            let mut c = lab.command(0, NBHD);
+            c.arg("--data-dir")
+                .arg(data_dir(&lab, 0))
+                .args(["events", "--json"]);
+            lab.spawn_command(c, &events_log).expect("nbhd events");
+        }
     }
     let all_seen = wait_for(Duration::from_secs(20), || {
         (0..3).all(|i| {
@@ -169,6 +177,116 @@ fn netns_three_daemons_find_each_other_then_leave_by_goodbye_and_by_kill() {
         killed.elapsed()
     );
     assert!(gone <= Duration::from_secs(6 + 4));
+
+    // `nbhd events --json` on alice saw it all, one object per line.
+    let lines: Vec<Value> = read(&events_log)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let seen = |kind: &str, nick: &str| {
+        lines
+            .iter()
+            .filter(|e| e["type"] == kind && e["peer"]["nick"] == nick)
+            .count()
+    };
+    assert_eq!(seen("peer-up", "bob"), 1, "{lines:?}");
+    assert_eq!(seen("peer-up", "carol"), 2);
+    assert_eq!(seen("peer-down", "carol"), 2);
+    assert!(lines.iter().all(|e| e["at"].as_u64().is_some()));
+
+    // The HTTP API serves the same list, behind the bearer token.
+    let api = read(&data_dir(&lab, 0).join("api")).trim().to_string();
+    let token = read(&data_dir(&lab, 0).join("token")).trim().to_string();
+    let get = |auth: &str| {
+        let script = format!(
+            "import urllib.request,sys\nr=urllib.request.Request('{api}api/peers',headers={{'Authorization':'{auth}'}})\n\
+             try:\n print(urllib.request.urlopen(r).read().decode())\nexcept urllib.error.HTTPError as e:\n print(e.code)"
+        );
+        String::from_utf8_lossy(&lab.exec(0, &["python3", "-c", &script]).unwrap().stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(get("Bearer wrong"), "401");
+    let listed: Value = serde_json::from_str(&get(&format!("Bearer {token}"))).expect("API JSON");
+    assert_eq!(listed.as_array().map(|a| a.len()), Some(1));
+    assert_eq!(listed[0]["nick"], "bob");
+}
+
+#[test]
+fn netns_lab_faults_drop_one_direction_of_unicast_and_nothing_else() {
+    if skip_unless_root("netns_lab_faults_drop_one_direction_of_unicast_and_nothing_else") {
+        return;
+    }
+    let mut lab = Lab::new(2).expect("lab");
+    let (a, b) = (lab.host(0).ip.to_string(), lab.host(1).ip.to_string());
+    // Datagrams that reach `to` when `from` sends 20 to `dst` (unicast address or group).
+    fn delivered(lab: &mut Lab, from: usize, to: usize, dst: &str) -> u32 {
+        let to_ip = lab.host(to).ip.to_string();
+        let log = lab.dir.join("udp-recv.log");
+        let mut args = vec![
+            "python3".to_string(),
+            support("udp.py"),
+            "recv".into(),
+            to_ip,
+            "40000".into(),
+            "2".into(),
+        ];
+        if dst.starts_with("239.") {
+            args.push(dst.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pid = lab.spawn(to, &args, &log).unwrap();
+        wait_for(Duration::from_secs(10), || read(&log).contains("ready")).expect("receiver ready");
+        let src = lab.host(from).ip.to_string();
+        lab.exec(
+            from,
+            &[
+                "python3",
+                &support("udp.py"),
+                "send",
+                &src,
+                dst,
+                "40000",
+                "20",
+            ],
+        )
+        .unwrap();
+        lab.wait_exit(pid, Duration::from_secs(10));
+        read(&log)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+    assert_eq!(
+        delivered(&mut lab, 0, 1, &b),
+        20,
+        "healthy before any fault"
+    );
+    lab.drop_unicast(0, 1).unwrap();
+    assert_eq!(
+        delivered(&mut lab, 0, 1, &b),
+        0,
+        "a to b unicast is dropped"
+    );
+    assert_eq!(
+        delivered(&mut lab, 1, 0, &a),
+        20,
+        "b to a unicast still flows"
+    );
+    assert_eq!(
+        delivered(&mut lab, 0, 1, "239.255.1.1"),
+        20,
+        "a to b multicast still flows"
+    );
+    lab.clear_faults().unwrap();
+    assert_eq!(delivered(&mut lab, 0, 1, &b), 20, "healed");
+    lab.loss(1, 100).unwrap();
+    assert_eq!(delivered(&mut lab, 0, 1, &b), 0, "100 % loss on b's input");
+    lab.clear_faults().unwrap();
+    lab.loss(1, 50).unwrap();
+    let half = delivered(&mut lab, 0, 1, &b);
+    assert!(half > 0 && half < 20, "50 % loss let {half} of 20 through");
 }
 
 #[test]
