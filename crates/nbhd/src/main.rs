@@ -69,6 +69,27 @@ enum Command {
     Status,
     /// Show counters: mDNS packets in and out, and what was dropped and why
     Stats,
+    /// Correlate captures taken on several hosts and say where packets die
+    #[command(
+        long_about = "Correlate pcap/pcapng captures taken at the same time on several hosts \
+        (tcpdump -w, tshark -w, Wireshark) and say where packets die.\n\n\
+        Each capture's host is recognised from its traffic, clocks are aligned from packets seen on \
+        both sides, and every packet a host sent is matched to its copy in the other captures. The \
+        report gives, per direction and traffic class, sent / arrived / lost with a 95 % interval, \
+        and verdicts such as a unicast black hole (unicast dies while multicast and ARP pass).\n\n\
+        Example: nbhd trace --host alice=a.pcap --host bob=b.pcapng"
+    )]
+    Trace {
+        /// Capture files (pcap or pcapng; Ethernet, Linux cooked v1/v2 or raw IP)
+        #[arg(value_name = "CAPTURE")]
+        captures: Vec<PathBuf>,
+        /// Name the host that took FILE (the file is added if not listed)
+        #[arg(long = "host", value_name = "NAME=FILE")]
+        hosts: Vec<String>,
+        /// How far apart in time (after clock alignment) a packet and its copy may be
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        window_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,6 +171,11 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             }
             Ok(())
         }
+        Command::Trace {
+            captures,
+            hosts,
+            window_ms,
+        } => trace(captures, hosts, window_ms, json),
         Command::Stats => {
             let s = Client::connect(&dir)?.call(json!({"cmd": "stats"}))?;
             if json {
@@ -160,6 +186,47 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             Ok(())
         }
     }
+}
+
+fn trace(
+    captures: Vec<PathBuf>,
+    hosts: Vec<String>,
+    window_ms: u64,
+    json: bool,
+) -> Result<(), DaemonError> {
+    let mut inputs: Vec<nbhd_trace::Input> = captures
+        .into_iter()
+        .map(|path| nbhd_trace::Input { path, name: None })
+        .collect();
+    for h in hosts {
+        let (name, file) = h
+            .split_once('=')
+            .ok_or_else(|| DaemonError::Usage(format!("--host wants NAME=FILE, not {h:?}")))?;
+        let file = PathBuf::from(file);
+        match inputs.iter_mut().find(|i| i.path == file) {
+            Some(i) => i.name = Some(name.to_string()),
+            None => inputs.push(nbhd_trace::Input {
+                path: file,
+                name: Some(name.to_string()),
+            }),
+        }
+    }
+    if inputs.is_empty() {
+        return Err(DaemonError::Usage(
+            "give at least one capture file (see nbhd trace --help)".into(),
+        ));
+    }
+    let opts = nbhd_trace::Options {
+        window_ns: window_ms as i64 * 1_000_000,
+    };
+    let report =
+        nbhd_trace::analyze(&inputs, &opts, None).map_err(|e| DaemonError::Usage(e.to_string()))?;
+    if json {
+        print_json(&report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }
 
 fn init_logging() {
