@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 const PREFIX: &str = "nbt";
 const FAULT_TABLE: &str = "nbhd_faults";
 const LOSS_TABLE: &str = "nbhd_loss";
+const COUNT_TABLE: &str = "nbhd_count";
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -227,6 +228,11 @@ impl Lab {
         Ok(pid)
     }
 
+    /// Pids of the processes started with [`Lab::spawn`], in order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
     /// Sends `sig` to a process started with [`Lab::spawn`].
     pub fn signal(&self, pid: u32, sig: i32) {
         // SAFETY: plain kill(2).
@@ -274,6 +280,47 @@ impl Lab {
              add rule inet {LOSS_TABLE} lab_input iifname \"veth0\" {matcher}drop\n"
         );
         self.nft(&self.hosts[i].ns, &script)
+    }
+
+    /// Starts counting the mDNS packets (UDP port 5353) that hosts send into the bridge: each
+    /// datagram once, as it enters (bridge prerouting), however many ports it is flooded to.
+    pub fn count_mdns(&self) -> io::Result<()> {
+        let script = format!(
+            "add table bridge {COUNT_TABLE}\n\
+             add counter bridge {COUNT_TABLE} mdns\n\
+             add chain bridge {COUNT_TABLE} lab_prerouting {{ type filter hook prerouting priority 0; policy accept; }}\n\
+             add rule bridge {COUNT_TABLE} lab_prerouting udp dport 5353 counter name \"mdns\"\n"
+        );
+        self.nft(&self.bridge_ns, &script)
+    }
+
+    /// (packets, bytes) counted since [`Lab::count_mdns`]; bytes are whole Ethernet frames.
+    pub fn mdns_counter(&self) -> io::Result<(u64, u64)> {
+        let out = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.bridge_ns,
+            "nft",
+            "list",
+            "counter",
+            "bridge",
+            COUNT_TABLE,
+            "mdns",
+        ]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = |name: &str| -> Option<u64> {
+            let mut words = text.split_whitespace();
+            while let Some(w) = words.next() {
+                if w == name {
+                    return words.next().and_then(|v| v.parse().ok());
+                }
+            }
+            None
+        };
+        match (field("packets"), field("bytes")) {
+            (Some(p), Some(b)) => Ok((p, b)),
+            _ => Err(io::Error::other(format!("unexpected nft output: {text}"))),
+        }
     }
 
     /// Removes every fault.

@@ -7,9 +7,8 @@
 //! median used; a weighted line through the buckets gives offset and drift. Only packets whose
 //! content is unique in both captures serve, so repeated identical frames cannot mislead.
 
-use std::collections::HashMap;
-
 use crate::hosts::{Host, Scan};
+use crate::packet::FastMap;
 
 /// Drift needs at least this many time buckets over at least this span (30 s at tens of ppm is
 /// about a millisecond, what the offset estimate itself resolves).
@@ -64,12 +63,12 @@ pub fn estimate(scans: &[Scan], hosts: &[Host]) -> Vec<ClockFit> {
 fn fit_pair(r: &Scan, c: &Scan, hr: &Host, hc: &Host) -> ClockFit {
     let shift = r.anchor_shift.max(c.anchor_shift);
     let mask = (1u64 << shift) - 1;
-    let mut in_ref: HashMap<u64, (u32, i64, Option<std::net::Ipv4Addr>)> = HashMap::new();
+    let mut in_ref: FastMap<u64, (u32, i64, Option<std::net::Ipv4Addr>)> = FastMap::default();
     for a in r.anchors.iter().filter(|a| a.hash & mask == 0) {
         let e = in_ref.entry(a.hash).or_insert((0, a.ts_ns, a.src));
         e.0 += 1;
     }
-    let mut in_c: HashMap<u64, (u32, i64)> = HashMap::new();
+    let mut in_c: FastMap<u64, (u32, i64)> = FastMap::default();
     for a in c.anchors.iter().filter(|a| a.hash & mask == 0) {
         let e = in_c.entry(a.hash).or_insert((0, a.ts_ns));
         e.0 += 1;

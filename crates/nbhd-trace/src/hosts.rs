@@ -5,11 +5,10 @@
 //! a unicast source or destination. When two addresses tie (both ends saw exactly the same
 //! frames) the traffic cannot tell, and the argument order decides; the report says so.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::packet::{self, Class};
+use crate::packet::{self, Class, FastMap};
 use crate::read::CaptureReader;
 use crate::{Input, TraceError};
 
@@ -30,8 +29,8 @@ pub struct Scan {
     pub packets: u64,
     pub first_ns: i64,
     pub last_ns: i64,
-    endpoint_counts: HashMap<Ipv4Addr, u64>,
-    macs: HashMap<Ipv4Addr, [u8; 6]>,
+    endpoint_counts: FastMap<Ipv4Addr, u64>,
+    macs: FastMap<Ipv4Addr, [u8; 6]>,
     /// Anchors whose hash is divisible by 2^anchor_shift.
     pub anchors: Vec<Anchor>,
     pub anchor_shift: u32,
@@ -43,8 +42,8 @@ pub fn scan(path: &Path) -> Result<Scan, TraceError> {
         packets: 0,
         first_ns: i64::MAX,
         last_ns: i64::MIN,
-        endpoint_counts: HashMap::new(),
-        macs: HashMap::new(),
+        endpoint_counts: FastMap::default(),
+        macs: FastMap::default(),
         anchors: Vec::new(),
         anchor_shift: 0,
     };
@@ -136,18 +135,22 @@ pub fn identify(inputs: &[Input], scans: &[Scan]) -> Vec<Host> {
             *pick = (Some(ip), false, pick.2);
         }
     }
-    let mut out: Vec<Host> = Vec::new();
-    let mut taken: Vec<Ipv4Addr> = Vec::new();
-    let mut by_traffic: Vec<Ipv4Addr> = Vec::new();
-    for (i, (input, s)) in inputs.iter().zip(scans).enumerate() {
-        let (pick, tied, conf) = picks[i];
-        // Two captures that both clearly point at one address cannot both be its host.
-        let clash = pick.is_some_and(|p| {
-            picks
+    // Captures whose host the traffic names clearly (and no other capture claims it too).
+    let clear: Vec<Option<Ipv4Addr>> = picks
+        .iter()
+        .enumerate()
+        .map(|(i, (pick, tied, _))| {
+            let claimed_twice = picks
                 .iter()
                 .enumerate()
-                .any(|(j, q)| j != i && q.0 == Some(p) && !q.1)
-        });
+                .any(|(j, q)| j != i && q.0 == *pick && !q.1);
+            pick.filter(|_| !tied && !claimed_twice)
+        })
+        .collect();
+    let mut taken: Vec<Ipv4Addr> = clear.iter().flatten().copied().collect();
+    let mut out: Vec<Host> = Vec::new();
+    for (i, (input, s)) in inputs.iter().zip(scans).enumerate() {
+        let (pick, tied, conf) = picks[i];
         let top = s.endpoint_counts.values().max().copied().unwrap_or(0);
         let mut cands: Vec<Ipv4Addr> = s
             .endpoint_counts
@@ -161,12 +164,12 @@ pub fn identify(inputs: &[Input], scans: &[Scan]) -> Vec<Host> {
             .filter(|c| !taken.contains(c))
             .copied()
             .collect();
-        let (ip, how) = if pick.is_some() && !tied && !clash {
-            (pick, "traffic".to_string())
+        let (ip, how) = if let Some(ip) = clear[i] {
+            (Some(ip), "traffic".to_string())
         } else if tied
             && cands.len() == 2
             && free.len() == 1
-            && cands.iter().any(|c| by_traffic.contains(c))
+            && cands.iter().any(|c| clear.contains(&Some(*c)))
         {
             (
                 Some(free[0]),
@@ -174,18 +177,16 @@ pub fn identify(inputs: &[Input], scans: &[Scan]) -> Vec<Host> {
             )
         } else {
             // The traffic cannot tell: take the addresses that tie, in order, skipping those
-            // already given to earlier captures.
-            let ip = free.first().copied().or(pick);
+            // already given to other captures.
             (
-                ip,
+                free.first().copied().or(pick),
                 "argument order (the traffic cannot tell: the capture's top endpoints tie)"
                     .to_string(),
             )
         };
         if let Some(ip) = ip {
-            taken.push(ip);
-            if how.starts_with("traffic") {
-                by_traffic.push(ip);
+            if !taken.contains(&ip) {
+                taken.push(ip);
             }
         }
         let name = input

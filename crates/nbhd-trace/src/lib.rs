@@ -101,10 +101,17 @@ pub fn analyze(
             what: "no capture given".into(),
         });
     }
-    let scans = inputs
-        .iter()
-        .map(|i| hosts::scan(&i.path))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Pass one reads each capture in its own thread.
+    let scans = std::thread::scope(|scope| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|i| scope.spawn(|| hosts::scan(&i.path)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     let hosts = hosts::identify(inputs, &scans);
     let clocks = clock::estimate(&scans, &hosts);
     let result = matcher::run(inputs, &hosts, &clocks, opts, on_fate)?;

@@ -6,6 +6,7 @@
 //! frames up to a bound, and errors that name the file and the byte offset.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use pcap_parser::pcapng::Block;
@@ -18,7 +19,12 @@ const INITIAL_BUFFER: usize = 1 << 20;
 /// A frame (or block) larger than this is an absurd length, not a packet.
 const MAX_BUFFER: usize = 16 << 20;
 
-/// One captured frame, borrowed from the reader until the next call.
+/// How much of each frame is kept: link header, IPv4 header with options, and the first bytes
+/// of the payload that [`crate::packet`] hashes.
+pub const FRAME_HEAD: usize = 256;
+
+/// One captured frame (its first [`FRAME_HEAD`] bytes), borrowed from the reader until the next
+/// call.
 pub struct Frame<'a> {
     /// Capture time, nanoseconds since the Unix epoch, as the capturing host's clock said.
     pub ts_ns: i64,
@@ -54,7 +60,15 @@ pub struct CaptureReader {
 impl CaptureReader {
     pub fn open(path: &Path) -> Result<CaptureReader, TraceError> {
         let file = File::open(path).map_err(|e| TraceError::io(path, e))?;
-        let inner = pcap_parser::create_reader(INITIAL_BUFFER, file).map_err(|e| match e {
+        CaptureReader::from_reader(path, file)
+    }
+
+    /// Reads a capture from any byte source; `path` only names it in errors.
+    pub fn from_reader<R: Read + Send + 'static>(
+        path: &Path,
+        source: R,
+    ) -> Result<CaptureReader, TraceError> {
+        let inner = pcap_parser::create_reader(INITIAL_BUFFER, source).map_err(|e| match e {
             PcapError::Eof => TraceError::at(path, 0, "empty file: not a capture"),
             PcapError::HeaderNotRecognized => {
                 TraceError::at(path, 0, "not a pcap or pcapng file (unknown magic number)")
@@ -137,9 +151,12 @@ impl CaptureReader {
                                 ));
                             };
                             let ts = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
-                            // u128: ticks × 1e9 overflows u64 at nanosecond resolution.
-                            let ns =
-                                (ts as u128 * 1_000_000_000 / ifc.resolution.max(1) as u128) as i64;
+                            let ns = match ifc.resolution {
+                                1_000_000_000 => ts as i64,
+                                1_000_000 => ts as i64 * 1000,
+                                // u128: ticks × 1e9 overflows u64 at fine resolutions.
+                                r => (ts as u128 * 1_000_000_000 / r.max(1) as u128) as i64,
+                            };
                             let len = (epb.caplen as usize).min(epb.data.len());
                             Some((
                                 ns + ifc.offset_s * 1_000_000_000,
@@ -155,9 +172,11 @@ impl CaptureReader {
                     };
                     match frame {
                         Some((ts, lt, data)) => {
-                            // Copy out so the reader can be advanced on the next call.
+                            // Copy out so the reader can be advanced on the next call; the
+                            // headers and the start of the payload are all correlation reads.
                             self.frame_buf.clear();
-                            self.frame_buf.extend_from_slice(data);
+                            self.frame_buf
+                                .extend_from_slice(&data[..data.len().min(FRAME_HEAD)]);
                             (size, Some((ts, lt)))
                         }
                         None => (size, None),

@@ -1,14 +1,13 @@
 //! The report: per direction and class, sent / arrived / lost with a 95 % confidence interval,
 //! delays, the clocks, and verdicts in plain language. JSON for scripts, a table for people.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
 use crate::clock::ClockFit;
 use crate::hosts::Host;
-use crate::matcher::{Cell, MatchResult};
+use crate::matcher::{Cell, Cells, MatchResult};
 use crate::packet::{fmt_mac, Class};
 
 #[derive(Clone, Debug)]
@@ -71,7 +70,7 @@ pub fn build(hosts: &[Host], clocks: &[ClockFit], m: MatchResult) -> Report {
             }
             let classes: Vec<ClassStats> = Class::ALL
                 .iter()
-                .filter_map(|&class| m.cells.get(&(from, to, class)).map(|c| stats(class, c)))
+                .filter_map(|&class| m.cells.get(from, to, class).map(|c| stats(class, c)))
                 .filter(|s| s.sent > 0 || s.seen_only_at_receiver > 0)
                 .collect();
             if !classes.is_empty() {
@@ -109,15 +108,10 @@ struct Tally {
     arrived: u64,
 }
 
-fn tally(
-    cells: &HashMap<(usize, usize, Class), Cell>,
-    from: usize,
-    to: usize,
-    pick: impl Fn(Class) -> bool,
-) -> Tally {
+fn tally(cells: &Cells, from: usize, to: usize, pick: impl Fn(Class) -> bool) -> Tally {
     let mut t = Tally::default();
     for class in Class::ALL.iter().copied().filter(|c| pick(*c)) {
-        if let Some(c) = cells.get(&(from, to, class)) {
+        if let Some(c) = cells.get(from, to, class) {
             t.sent += c.sent;
             t.arrived += c.arrived;
         }
@@ -125,7 +119,7 @@ fn tally(
     t
 }
 
-fn verdicts(hosts: &[Host], cells: &HashMap<(usize, usize, Class), Cell>) -> Vec<Verdict> {
+fn verdicts(hosts: &[Host], cells: &Cells) -> Vec<Verdict> {
     let mut out = Vec::new();
     let n = hosts.len();
     for a in 0..n {
@@ -143,7 +137,7 @@ fn verdicts(hosts: &[Host], cells: &HashMap<(usize, usize, Class), Cell>) -> Vec
                 .iter()
                 .filter_map(|c| {
                     cells
-                        .get(&(a, b, *c))
+                        .get(a, b, *c)
                         .filter(|x| x.sent > 0)
                         .map(|x| (c.name(), x))
                 })
@@ -226,7 +220,7 @@ fn verdicts(hosts: &[Host], cells: &HashMap<(usize, usize, Class), Cell>) -> Vec
             // Loss: a class whose interval excludes (nearly) zero loss.
             let lossy: Vec<String> = Class::ALL
                 .iter()
-                .filter_map(|c| cells.get(&(a, b, *c)).map(|x| (*c, x)))
+                .filter_map(|c| cells.get(a, b, *c).map(|x| (*c, x)))
                 .filter(|(_, x)| x.lost > 0 && (x.lost >= 3 || wilson(x.lost, x.sent).0 > 0.01))
                 .map(|(c, x)| {
                     let (lo, hi) = wilson(x.lost, x.sent);
@@ -255,13 +249,8 @@ fn verdicts(hosts: &[Host], cells: &HashMap<(usize, usize, Class), Cell>) -> Vec
     out
 }
 
-fn unicast_words(
-    cells: &HashMap<(usize, usize, Class), Cell>,
-    a: usize,
-    b: usize,
-    total: u64,
-) -> String {
-    let count = |c: Class| cells.get(&(a, b, c)).map_or(0, |x| x.sent);
+fn unicast_words(cells: &Cells, a: usize, b: usize, total: u64) -> String {
+    let count = |c: Class| cells.get(a, b, c).map_or(0, |x| x.sent);
     let (syn, tcp, udp, other) = (
         count(Class::TcpSyn),
         count(Class::TcpOther),

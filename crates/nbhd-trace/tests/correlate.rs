@@ -333,7 +333,8 @@ fn identical_captures_say_the_traffic_cannot_tell_and_go_on() {
 fn expect_error(bytes: &[u8], name: &str, needle: &str) {
     let p = tmp(name);
     std::fs::write(&p, bytes).unwrap();
-    let e = analyze(&inputs(std::slice::from_ref(&p)), &Options::default(), None).expect_err("must fail");
+    let e = analyze(&inputs(std::slice::from_ref(&p)), &Options::default(), None)
+        .expect_err("must fail");
     let text = e.to_string();
     assert!(text.contains(&p.display().to_string()), "{text}");
     assert!(text.contains(needle), "{text}");
