@@ -57,6 +57,9 @@ const LEGACY_UNICAST_TTL: u32 = 10; // RFC 6762 §6.7
 const BROWSE_FIRST_MS: (u64, u64) = (20, 120); // RFC 6762 §5.2
 const BROWSE_MAX_INTERVAL: Duration = Duration::from_secs(3600); // RFC 6762 §5.2
 const RESOLVE_ATTEMPTS: u8 = 3;
+/// A record whose refresh falls within this share of its TTL is refreshed with its peer's other
+/// records that are due now.
+const REFRESH_COALESCE_PERCENT: u32 = 5;
 const RECONFIRM_QUERIES: u8 = 2; // RFC 6762 §10.4: "two or more queries"
 const RECONFIRM_SPACING: Duration = Duration::from_secs(2);
 /// How long a packet we sent is remembered, to recognise it when multicast loopback returns it.
@@ -939,15 +942,18 @@ impl Presence {
     /// What a query from someone else tells us about our own plans and our cache.
     fn observe_query(&mut self, now: Instant, iface: IfaceId, msg: &Message) {
         for q in &msg.questions {
-            // RFC 6762 §10.5 (POOF): queries for a record that nobody answers condemn it.
+            // RFC 6762 §10.5 (POOF): two or more queries for a record within ten seconds, and
+            // no answer within ten seconds, condemn it. A query just after the record was heard
+            // does not count: its owner holds the answer back (the 1 s rate limit of §6).
             for e in self.cache.entries_mut() {
                 if e.iface == iface
                     && q.matches(&e.record)
+                    && e.received + RATE_LIMIT <= now
                     && !msg.answers.iter().any(|k| k.same_record(&e.record))
                 {
                     e.poof = Some(match e.poof {
-                        Some((n, first)) => (n + 1, first),
-                        None => (1, now),
+                        Some((n, first)) if now < first + cache::POOF_WINDOW => (n + 1, first),
+                        _ => (1, now),
                     });
                 }
             }
@@ -955,11 +961,16 @@ impl Presence {
                 continue;
             }
             // RFC 6762 §7.3: duplicate question suppression. Someone asked what we were about to
-            // ask; their answer will reach us too.
+            // ask, and their known answers hold nothing we would not list ourselves, so every
+            // answer we want will answer them too, and reach us. Our own records count as known:
+            // we never need an answer about ourselves. (Requiring the reverse, ours within
+            // theirs, never suppresses anything among peers that all know each other, since no
+            // host lists its own record: bench/presence showed every node browsing alone.)
             let ours_known = self.known_answers(now, iface, &q.name, q.qtype);
-            let covered = ours_known
-                .iter()
-                .all(|k| msg.answers.iter().any(|a| a.same_record(k)));
+            let own = self.own_records(iface);
+            let covered = msg.answers.iter().filter(|a| q.matches(a)).all(|a| {
+                ours_known.iter().any(|k| k.same_record(a)) || own.iter().any(|o| o.same_record(a))
+            });
             let mut postponed = Vec::new();
             self.queries.retain(|p| {
                 let same = p.iface == iface && p.name == q.name && p.qtype == q.qtype;
@@ -1071,8 +1082,33 @@ impl Presence {
             .iter()
             .map(|e| self.in_use(&e.record))
             .collect();
+        // The names whose refresh is due now, and the host names their SRVs point at: one peer's
+        // SRV and address records are refreshed together, in one query, rather than each on its
+        // own jitter a second or two apart.
+        let mut peers_due: Vec<(IfaceId, Name)> = Vec::new();
+        for (e, used) in self.cache.entries().iter().zip(&in_use) {
+            if *used && e.refresh_at.is_some_and(|t| t <= now) {
+                peers_due.push((e.iface, e.record.name.clone()));
+                if let RecordData::Srv { target, .. } = &e.record.data {
+                    peers_due.push((e.iface, target.clone()));
+                }
+                for srv in self.cache.entries() {
+                    if matches!(&srv.record.data, RecordData::Srv { target, .. } if *target == e.record.name)
+                    {
+                        peers_due.push((e.iface, srv.record.name.clone()));
+                    }
+                }
+            }
+        }
         for (e, used) in self.cache.entries_mut().zip(in_use) {
-            if e.refresh_at.is_some_and(|t| t <= now) {
+            let Some(at) = e.refresh_at else { continue };
+            let soon =
+                now + Duration::from_secs(e.record.ttl as u64) * REFRESH_COALESCE_PERCENT / 100;
+            let with_peer = at <= soon
+                && peers_due
+                    .iter()
+                    .any(|(i, n)| *i == e.iface && *n == e.record.name);
+            if at <= now || with_peer {
                 if used {
                     due.push((e.iface, e.record.name.clone(), e.record.rtype()));
                 }

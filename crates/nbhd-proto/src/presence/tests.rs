@@ -634,13 +634,23 @@ fn live_peers_are_refreshed_and_never_drop_out() {
             .collect(),
     );
     lan.run_for(Duration::from_secs(600));
+    let downs: Vec<String> = lan
+        .events
+        .iter()
+        .filter_map(|e| match &e.2 {
+            Event::PeerDown(p) => Some(format!(
+                "{:?}: node {} lost {}",
+                e.0 - lan.t0,
+                e.1,
+                p.instance
+            )),
+            _ => None,
+        })
+        .collect();
+    assert!(downs.is_empty(), "{downs:#?}");
     for i in 0..4 {
         assert_eq!(lan.peers(i).len(), 3);
     }
-    assert!(lan
-        .events
-        .iter()
-        .all(|e| !matches!(e.2, Event::PeerDown(_))));
 }
 
 /// Steady-state traffic grows as O(N): doubling the nodes roughly doubles the packets.
@@ -801,5 +811,94 @@ fn garbage_is_counted_and_changes_nothing() {
     looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 10, 0, 4, 1, 2, 3, 4]);
     assert!(n.handle_packet(now, IF, other(), &looped).is_err());
     assert_eq!(n.stats().dropped_total(), 3);
+    assert_eq!(lan.peers(0), vec!["b@lab"]);
+}
+
+#[test]
+fn a_browse_from_a_peer_that_knows_no_more_than_we_do_suppresses_ours() {
+    let mut lab_nodes: Vec<Config> = (0..3).map(|i| config(&format!("n{i}"), i, None)).collect();
+    let c = lab_nodes.remove(0);
+    let mut lan = Lan::new(vec![c]);
+    lan.run_for(Duration::from_secs(4));
+    let svc = Name::dotted(SERVICE_TYPE);
+    // Teach node 0 about two peers, as announcements would.
+    for who in ["x@lab", "y@lab"] {
+        let mut m = Message::response();
+        m.answers.push(Record::new(
+            svc.clone(),
+            4500,
+            RecordData::Ptr(Name::child(who, &svc)),
+        ));
+        lan.inject(0, other(), &m);
+    }
+    let browses = |lan: &Lan, since: Instant| {
+        lan.sent_by(0, since)
+            .iter()
+            .filter(|m| {
+                !m.response
+                    && m.authority.is_empty()
+                    && m.questions.iter().any(|q| q.qtype == TYPE_PTR)
+            })
+            .count()
+    };
+    // A peer (x) asks, listing y and node 0 itself: nothing node 0 would not list. Node 0's next
+    // browse (due within 8 s: intervals double from 1 s) is suppressed.
+    let mut q = ptr_query();
+    for who in ["y@lab", "n0@lab"] {
+        q.answers.push(Record::new(
+            svc.clone(),
+            4500,
+            RecordData::Ptr(Name::child(who, &svc)),
+        ));
+    }
+    let since = lan.now;
+    lan.inject(0, other(), &q);
+    lan.run_for(Duration::from_millis(3500));
+    assert_eq!(browses(&lan, since), 0, "suppressed");
+    // A query listing a peer node 0 has never heard of (z) does not suppress: its owner will not
+    // answer it, and node 0 still wants to hear z.
+    lan.run_for(Duration::from_secs(60));
+    let mut q2 = ptr_query();
+    q2.answers.push(Record::new(
+        svc.clone(),
+        4500,
+        RecordData::Ptr(Name::child("z@lab", &svc)),
+    ));
+    let before = browses(&lan, lan.t0);
+    let mut sent_after = 0;
+    for _ in 0..200 {
+        lan.inject(0, other(), &q2);
+        lan.run_for(Duration::from_secs(30));
+        sent_after = browses(&lan, lan.t0) - before;
+        if sent_after > 0 {
+            break;
+        }
+    }
+    assert!(sent_after > 0, "not suppressed by a query that knows more");
+}
+
+#[test]
+fn a_peers_records_are_refreshed_together_once_per_ttl() {
+    let ttl = 100;
+    let mut lan = Lan::new(vec![config("a", 0, Some(ttl)), config("b", 1, Some(ttl))]);
+    lan.run_for(Duration::from_secs(5));
+    let since = lan.now;
+    let periods = 6;
+    lan.run_for(Duration::from_secs(ttl as u64 * periods));
+    // SRV, TXT and address of b share one refresh query (or b's answer to its SRV carries the
+    // address as an additional record, refreshing it too): about one query per TTL, not three.
+    let about_b = |q: &Question| {
+        q.name.to_string().contains("b@lab") || q.name.to_string().contains("00000001")
+    };
+    let queries = lan
+        .sent_by(0, since)
+        .into_iter()
+        .filter(|m| !m.response && m.questions.iter().any(about_b))
+        .count();
+    assert!(queries >= periods as usize - 1, "a kept b fresh: {queries}");
+    assert!(
+        queries <= periods as usize + 1,
+        "{queries} refresh queries in {periods} TTLs"
+    );
     assert_eq!(lan.peers(0), vec!["b@lab"]);
 }
