@@ -43,7 +43,10 @@ impl ClockFit {
     pub fn to_ref(&self, local_ns: i64) -> i64 {
         let approx = local_ns as f64 - self.offset_ns;
         let off = self.offset_ns + self.drift * (approx - self.mid_ns as f64);
-        (local_ns as f64 - off).round() as i64
+        // Kept within ±2^62 ns, so differences of two converted times always fit in an i64.
+        (local_ns as f64 - off)
+            .round()
+            .clamp(-(2f64.powi(62)), 2f64.powi(62)) as i64
     }
 
     /// The offset at a reference time.

@@ -151,15 +151,14 @@ impl CaptureReader {
                                 ));
                             };
                             let ts = ((epb.ts_high as u64) << 32) | epb.ts_low as u64;
-                            let ns = match ifc.resolution {
-                                1_000_000_000 => ts as i64,
-                                1_000_000 => ts as i64 * 1000,
-                                // u128: ticks × 1e9 overflows u64 at fine resolutions.
-                                r => (ts as u128 * 1_000_000_000 / r.max(1) as u128) as i64,
+                            let ns: i128 = match ifc.resolution {
+                                1_000_000_000 => ts as i128,
+                                1_000_000 => ts as i128 * 1000,
+                                r => ts as i128 * 1_000_000_000 / r.max(1) as i128,
                             };
                             let len = (epb.caplen as usize).min(epb.data.len());
                             Some((
-                                ns + ifc.offset_s * 1_000_000_000,
+                                clamp_ts(ns + ifc.offset_s as i128 * 1_000_000_000),
                                 ifc.linktype,
                                 &epb.data[..len],
                             ))
@@ -251,6 +250,14 @@ impl CaptureReader {
             }
         }
     }
+}
+
+/// Timestamps are kept within ±2^61 ns (±73 years around 1970) whatever a file claims, so that
+/// every later sum and difference of two of them fits in an i64.
+const TS_LIMIT: i128 = 1 << 61;
+
+fn clamp_ts(ns: i128) -> i64 {
+    ns.clamp(-TS_LIMIT, TS_LIMIT) as i64
 }
 
 fn describe(e: &PcapError<&[u8]>) -> String {

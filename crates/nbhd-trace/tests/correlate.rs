@@ -381,3 +381,17 @@ fn a_capture_with_only_other_traffic_is_fine() {
     assert!(r.verdicts.is_empty());
     assert_eq!(r.hosts[0].packets, 1);
 }
+
+/// Inputs the fuzzer once crashed on: each must now give a report or an error, never a panic.
+#[test]
+fn fuzz_regressions_do_not_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        let _ = analyze(&inputs(std::slice::from_ref(&p)), &Options::default(), None);
+        let _ = analyze(&inputs(&[p.clone(), p]), &Options::default(), None);
+        n += 1;
+    }
+    assert!(n > 0);
+}
