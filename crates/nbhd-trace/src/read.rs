@@ -97,6 +97,17 @@ impl CaptureReader {
         &self.path
     }
 
+    fn refill(&mut self) -> Result<(), TraceError> {
+        let consumed = self.consumed;
+        self.inner.refill().map_err(|e| {
+            TraceError::at(
+                &self.path,
+                consumed,
+                &format!("read error: {}", describe(&e)),
+            )
+        })
+    }
+
     /// The next frame, or None at the end of the file.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, TraceError> {
         if self.pending_consume > 0 {
@@ -183,13 +194,7 @@ impl CaptureReader {
                 }
                 Err(PcapError::Eof) => return Ok(None),
                 Err(PcapError::Incomplete(_)) => {
-                    self.inner.refill().map_err(|e| {
-                        TraceError::at(
-                            &self.path,
-                            self.consumed,
-                            &format!("read error: {}", describe(&e)),
-                        )
-                    })?;
+                    self.refill()?;
                     continue;
                 }
                 Err(PcapError::BufferTooSmall) => {
@@ -204,13 +209,7 @@ impl CaptureReader {
                         ));
                     }
                     self.capacity *= 2;
-                    self.inner.refill().map_err(|e| {
-                        TraceError::at(
-                            &self.path,
-                            self.consumed,
-                            &format!("read error: {}", describe(&e)),
-                        )
-                    })?;
+                    self.refill()?;
                     continue;
                 }
                 Err(PcapError::UnexpectedEof) => {

@@ -428,26 +428,20 @@ pub fn generate(s: &Scenario, lt: Linktype) -> (Records, Truth) {
         let body = (seq as u64).to_be_bytes();
         let w = match rng.below(100) {
             0..=34 => udp(&hosts, src, Some(dst), None, id, 40000, 41000, &body),
-            35..=44 => tcp(
-                &hosts,
-                src,
-                dst,
-                id,
-                50000 + (seq % 1000) as u16,
-                seq as u32,
-                true,
-                &[],
-            ),
-            45..=64 => tcp(
-                &hosts,
-                src,
-                dst,
-                id,
-                50000 + (seq % 1000) as u16,
-                seq as u32,
-                false,
-                &body,
-            ),
+            k @ 35..=64 => {
+                let syn = k < 45;
+                let port = 50000 + (seq % 1000) as u16;
+                tcp(
+                    &hosts,
+                    src,
+                    dst,
+                    id,
+                    port,
+                    seq as u32,
+                    syn,
+                    if syn { &[] } else { &body },
+                )
+            }
             65..=84 => udp(
                 &hosts,
                 src,
