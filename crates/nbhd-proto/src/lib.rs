@@ -5,7 +5,9 @@
 //! input and time, and draining what they want sent (DESIGN.md §3).
 //!
 //! - [`presence`]: mDNS/DNS-SD responder and querier, XEP-0174 presence, the peer table.
+//! - [`messages`]: XEP-0174 streams (the stream codec so far).
 //! - [`identity`]: the ed25519 identity a peer is known by.
 
 pub mod identity;
+pub mod messages;
 pub mod presence;
