@@ -5,7 +5,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
 pub use ed25519_dalek::Signature;
 
@@ -52,10 +52,15 @@ pub fn verify(peer_id: &str, msg: &[u8], sig: &Signature) -> bool {
     let Ok(arr) = <[u8; 32]>::try_from(bytes.as_slice()) else {
         return false;
     };
-    let Ok(vk) = VerifyingKey::from_bytes(&arr) else {
+    verify_key(&arr, msg, sig)
+}
+
+/// Checks `sig` over `msg` by the public key `key` (strict: no malleable signatures, no weak keys).
+pub fn verify_key(key: &[u8; 32], msg: &[u8], sig: &Signature) -> bool {
+    let Ok(vk) = VerifyingKey::from_bytes(key) else {
         return false;
     };
-    vk.verify(msg, sig).is_ok()
+    vk.verify_strict(msg, sig).is_ok()
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! - [`presence`]: mDNS/DNS-SD responder and querier, XEP-0174 presence, the peer table.
 //! - [`messages`]: XEP-0174 streams (the stream codec so far).
 //! - [`identity`]: the ed25519 identity a peer is known by.
+//! - [`frame`]: the signed UDP frame of the courier and the path probes.
 
+pub mod frame;
 pub mod identity;
 pub mod messages;
 pub mod presence;
