@@ -8,8 +8,10 @@
 //! - [`messages`]: XEP-0174 streams (the stream codec so far).
 //! - [`identity`]: the ed25519 identity a peer is known by.
 //! - [`frame`]: the signed UDP frame of the courier and the path probes.
+//! - [`paths`]: per-peer, per-direction path evidence and delivery decisions (in progress).
 
 pub mod frame;
 pub mod identity;
 pub mod messages;
+pub mod paths;
 pub mod presence;
