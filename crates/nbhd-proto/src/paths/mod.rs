@@ -361,7 +361,7 @@ impl Paths {
     pub fn due_probes(&mut self, now: Instant) -> Vec<String> {
         let mut due = Vec::new();
         for (id, p) in self.peers.iter_mut() {
-            if !p.next_probe.is_some_and(|t| t <= now) {
+            if p.next_probe.is_none_or(|t| t > now) {
                 continue;
             }
             due.push(id.clone());
