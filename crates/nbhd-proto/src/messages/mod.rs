@@ -2,7 +2,8 @@
 //!
 //! Work in progress (issue 4): so far the stream codec, [`xml`], which turns the bytes of a TCP
 //! stream, however they are cut, into a stream header, whole stanzas and the stream's end, within
-//! the limits of DESIGN.md §4.2. The engine (authentication, receipts, deduplication,
+//! the limits of DESIGN.md §4.2; and [`stanza`], the chat, receipt and signed invitation stanzas. The engine (authentication, receipts, deduplication,
 //! invitations) builds on it.
 
+pub mod stanza;
 pub mod xml;

@@ -1,0 +1,355 @@
+//! The stanzas nbhd speaks on a XEP-0174 stream: chat messages, XEP-0184 receipts and
+//! invitations (XEP-0249 plus our `urn:nbhd:activity:0`), as [`Element`]s and back.
+//!
+//! An invitation is signed by its sender over canonical bytes, never over re-serialised XML
+//! (DESIGN.md §4.2): a domain-separation prefix, then each field length-prefixed, so no two
+//! different invitations share a signed message and whitespace or attribute order on the wire
+//! change nothing.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use super::xml::{Element, NS_CLIENT};
+use crate::identity::{self, Identity, Signature};
+
+pub const NS_RECEIPTS: &str = "urn:xmpp:receipts"; // XEP-0184
+pub const NS_CONFERENCE: &str = "jabber:x:conference"; // XEP-0249
+pub const NS_ACTIVITY: &str = "urn:nbhd:activity:0";
+pub const INVITATION_DOMAIN: &[u8] = b"nbhd invitation v0\0";
+
+/// What an invitation names (until shared activities exist, the name is all it carries).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    /// Multicast group and port of the activity, when it has one.
+    pub group: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stanza {
+    /// `<message type='chat'><body>`; `receipt_requested` is XEP-0184's `<request/>`.
+    Chat {
+        id: String,
+        body: String,
+        receipt_requested: bool,
+    },
+    /// XEP-0184 `<received id='...'/>`.
+    Receipt { of: String },
+    /// An invitation, with its signature (base64url) if the sender signed it.
+    Invitation {
+        id: String,
+        activity: Activity,
+        reason: String,
+        signature: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StanzaError {
+    /// A stanza we do not handle (presence, iq, ...): ignored, not an error on the stream.
+    Unsupported(String),
+    Malformed(&'static str),
+}
+
+impl Stanza {
+    /// The element to send, addressed from and to instance names (XEP-0174 stanzas carry them).
+    pub fn to_element(&self, from: &str, to: &str) -> Element {
+        let base = |id: &str, kind: &str| {
+            Element::new(NS_CLIENT, "message")
+                .attr("type", kind)
+                .attr("id", id)
+                .attr("from", from)
+                .attr("to", to)
+        };
+        match self {
+            Stanza::Chat {
+                id,
+                body,
+                receipt_requested,
+            } => {
+                let mut m = base(id, "chat").child(Element::new(NS_CLIENT, "body").text(body));
+                if *receipt_requested {
+                    m = m.child(Element::new(NS_RECEIPTS, "request"));
+                }
+                m
+            }
+            Stanza::Receipt { of } => base(&format!("r-{of}"), "normal")
+                .child(Element::new(NS_RECEIPTS, "received").attr("id", of)),
+            Stanza::Invitation {
+                id,
+                activity,
+                reason,
+                signature,
+            } => {
+                let mut a = Element::new(NS_ACTIVITY, "activity")
+                    .attr("id", &activity.id)
+                    .attr("name", &activity.name)
+                    .attr("type", &activity.kind);
+                if !activity.group.is_empty() {
+                    a = a
+                        .attr("group", &activity.group)
+                        .attr("port", &activity.port.to_string());
+                }
+                if let Some(s) = signature {
+                    a = a.attr("sig", s);
+                }
+                base(id, "normal")
+                    .child(
+                        Element::new(NS_CONFERENCE, "x")
+                            .attr("jid", &format!("{}@activities.nbhd", activity.id))
+                            .attr("reason", reason),
+                    )
+                    .child(a)
+                    .child(Element::new(NS_RECEIPTS, "request"))
+            }
+        }
+    }
+
+    /// Reads a stanza we handle from an element.
+    pub fn from_element(e: &Element) -> Result<Stanza, StanzaError> {
+        if e.name != "message" || e.ns != NS_CLIENT {
+            return Err(StanzaError::Unsupported(format!("{{{}}}{}", e.ns, e.name)));
+        }
+        let id = e.get_attr("id").unwrap_or("").to_string();
+        if let Some(r) = e.get_child(NS_RECEIPTS, "received") {
+            let of = r
+                .get_attr("id")
+                .ok_or(StanzaError::Malformed("receipt without id"))?;
+            return Ok(Stanza::Receipt { of: of.to_string() });
+        }
+        if id.is_empty() {
+            return Err(StanzaError::Malformed("message without id"));
+        }
+        if let Some(a) = e.get_child(NS_ACTIVITY, "activity") {
+            let get = |k: &str| a.get_attr(k).unwrap_or("").to_string();
+            let port = match a.get_attr("port") {
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| StanzaError::Malformed("activity port is not a number"))?,
+                None => 0,
+            };
+            let reason = e
+                .get_child(NS_CONFERENCE, "x")
+                .and_then(|x| x.get_attr("reason"))
+                .unwrap_or("")
+                .to_string();
+            return Ok(Stanza::Invitation {
+                id,
+                activity: Activity {
+                    id: get("id"),
+                    name: get("name"),
+                    kind: get("type"),
+                    group: get("group"),
+                    port,
+                },
+                reason,
+                signature: a.get_attr("sig").map(str::to_string),
+            });
+        }
+        if let Some(b) = e.get_child(NS_CLIENT, "body") {
+            return Ok(Stanza::Chat {
+                id,
+                body: b.text_content(),
+                receipt_requested: e.get_child(NS_RECEIPTS, "request").is_some(),
+            });
+        }
+        Err(StanzaError::Unsupported(
+            "message without body, receipt or invitation".into(),
+        ))
+    }
+}
+
+/// The bytes an invitation's signature covers: who invites whom (public keys), the stanza id,
+/// and every field of the activity, each length-prefixed.
+pub fn invitation_signed_bytes(
+    from_key: &[u8; 32],
+    to_key: &[u8; 32],
+    id: &str,
+    a: &Activity,
+    reason: &str,
+) -> Vec<u8> {
+    let mut b = INVITATION_DOMAIN.to_vec();
+    let mut field = |f: &[u8]| {
+        b.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        b.extend_from_slice(f);
+    };
+    field(from_key);
+    field(to_key);
+    field(id.as_bytes());
+    field(a.id.as_bytes());
+    field(a.name.as_bytes());
+    field(a.kind.as_bytes());
+    field(a.group.as_bytes());
+    field(&a.port.to_be_bytes());
+    field(reason.as_bytes());
+    b
+}
+
+/// Signs an invitation from `me` to the peer with key `to_key`.
+pub fn sign_invitation(
+    me: &Identity,
+    to_key: &[u8; 32],
+    id: &str,
+    a: &Activity,
+    reason: &str,
+) -> String {
+    let msg = invitation_signed_bytes(&me.public(), to_key, id, a, reason);
+    URL_SAFE_NO_PAD.encode(me.sign(&msg).to_bytes())
+}
+
+/// Checks an invitation's signature by `from_key` to `to_key` (us).
+pub fn verify_invitation(
+    from_key: &[u8; 32],
+    to_key: &[u8; 32],
+    id: &str,
+    a: &Activity,
+    reason: &str,
+    sig: &str,
+) -> bool {
+    let Ok(raw) = URL_SAFE_NO_PAD.decode(sig) else {
+        return false;
+    };
+    let Ok(sig) = Signature::from_slice(&raw) else {
+        return false;
+    };
+    identity::verify_key(
+        from_key,
+        &invitation_signed_bytes(from_key, to_key, id, a, reason),
+        &sig,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::xml::{stream_header, StreamEvent, StreamParser};
+    use super::*;
+
+    fn through_the_wire(s: &Stanza) -> Stanza {
+        let mut p = StreamParser::new();
+        let mut bytes = stream_header("alice@lab", "bob@lab");
+        bytes.extend(s.to_element("alice@lab", "bob@lab").to_stanza_bytes());
+        p.feed(&bytes).unwrap();
+        let _ = p.poll_event();
+        let Some(StreamEvent::Stanza(e)) = p.poll_event() else {
+            panic!()
+        };
+        Stanza::from_element(&e).unwrap()
+    }
+
+    fn activity() -> Activity {
+        Activity {
+            id: "a1b2".into(),
+            name: "Chess club".into(),
+            kind: "chat".into(),
+            group: "239.255.7.9".into(),
+            port: 40123,
+        }
+    }
+
+    #[test]
+    fn chat_receipt_and_invitation_round_trip() {
+        for s in [
+            Stanza::Chat {
+                id: "m1".into(),
+                body: "hi & <bye>".into(),
+                receipt_requested: true,
+            },
+            Stanza::Receipt { of: "m1".into() },
+            Stanza::Invitation {
+                id: "i1".into(),
+                activity: activity(),
+                reason: "join us".into(),
+                signature: Some("c2ln".into()),
+            },
+        ] {
+            assert_eq!(through_the_wire(&s), s);
+        }
+    }
+
+    #[test]
+    fn an_invitation_signature_binds_sender_recipient_id_and_every_field() {
+        let alice = Identity::from_secret([1; 32]);
+        let bob = Identity::from_secret([2; 32]).public();
+        let a = activity();
+        let sig = sign_invitation(&alice, &bob, "i1", &a, "join us");
+        assert!(verify_invitation(
+            &alice.public(),
+            &bob,
+            "i1",
+            &a,
+            "join us",
+            &sig
+        ));
+        let carol = Identity::from_secret([3; 32]).public();
+        assert!(
+            !verify_invitation(&alice.public(), &carol, "i1", &a, "join us", &sig),
+            "to someone else"
+        );
+        assert!(
+            !verify_invitation(&carol, &bob, "i1", &a, "join us", &sig),
+            "from someone else"
+        );
+        assert!(
+            !verify_invitation(&alice.public(), &bob, "i2", &a, "join us", &sig),
+            "another stanza"
+        );
+        let renamed = Activity {
+            name: "Chess clubs".into(),
+            ..a.clone()
+        };
+        assert!(
+            !verify_invitation(&alice.public(), &bob, "i1", &renamed, "join us", &sig),
+            "changed field"
+        );
+        // Length prefixes: moving a character between fields changes the signed bytes.
+        let shifted = Activity {
+            id: "a1b".into(),
+            name: "2Chess club".into(),
+            ..a.clone()
+        };
+        assert!(!verify_invitation(
+            &alice.public(),
+            &bob,
+            "i1",
+            &shifted,
+            "join us",
+            &sig
+        ));
+        assert!(!verify_invitation(
+            &alice.public(),
+            &bob,
+            "i1",
+            &a,
+            "join us",
+            "not base64!"
+        ));
+    }
+
+    #[test]
+    fn what_we_do_not_handle_is_unsupported_not_fatal() {
+        let iq = Element::new(NS_CLIENT, "iq").attr("type", "get");
+        assert!(matches!(
+            Stanza::from_element(&iq),
+            Err(StanzaError::Unsupported(_))
+        ));
+        let bad_port = Stanza::Invitation {
+            id: "i".into(),
+            activity: activity(),
+            reason: String::new(),
+            signature: None,
+        }
+        .to_element("a", "b");
+        let mut e = bad_port.clone();
+        if let Some(super::super::xml::Node::Element(a)) = e.children.get_mut(1) {
+            a.attrs.retain(|(_, n, _)| n != "port");
+            a.attrs.push((String::new(), "port".into(), "lots".into()));
+        }
+        assert_eq!(
+            Stanza::from_element(&e),
+            Err(StanzaError::Malformed("activity port is not a number"))
+        );
+    }
+}
