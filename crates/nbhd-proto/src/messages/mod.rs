@@ -5,5 +5,8 @@
 //! the limits of DESIGN.md §4.2; and [`stanza`], the chat, receipt and signed invitation stanzas. The engine (authentication, receipts, deduplication,
 //! invitations) builds on it.
 
+pub mod engine;
 pub mod stanza;
 pub mod xml;
+
+pub use engine::{Action, ConnId, Event, Messages, PeerInfo};

@@ -108,10 +108,8 @@ impl Element {
                 );
             }
         }
-        if self.children.is_empty() {
-            out.push_str("/>");
-            return;
-        }
+        // Never `<x/>`: rxml (and other push parsers) emit a self-closed element only once the
+        // next byte arrives, and the last stanza before we wait for an answer would hang.
         out.push('>');
         for c in &self.children {
             match c {
@@ -510,6 +508,19 @@ mod tests {
     fn a_root_that_is_not_a_stream_is_refused() {
         let (_, err) = events(&[b"<html><body/></html>"]);
         assert_eq!(err.unwrap().condition(), "invalid-namespace");
+    }
+
+    #[test]
+    fn the_last_stanza_in_a_read_is_emitted_without_waiting_for_more_bytes() {
+        let mut p = StreamParser::new();
+        let mut b = stream_header("a", "b");
+        b.extend(Element::new(NS_CLIENT, "presence").to_stanza_bytes());
+        p.feed(&b).unwrap();
+        assert!(matches!(p.poll_event(), Some(StreamEvent::Header(_))));
+        assert!(
+            matches!(p.poll_event(), Some(StreamEvent::Stanza(_))),
+            "no lookahead needed"
+        );
     }
 
     #[test]

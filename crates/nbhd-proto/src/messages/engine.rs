@@ -1,0 +1,717 @@
+//! The messages engine: deliveries over whichever path works, receipts, deduplication and
+//! authenticated XEP-0174 streams, sans-IO (DESIGN.md §4.2, §4.3).
+//!
+//! A delivery starts on the path [`Paths::plan`] picks: TCP first, the courier (a signed frame
+//! on the neighborhood multicast channel) added when no receipt came within max(250 ms,
+//! 3 × RTT), straight to the courier while unicast is known broken. The first receipt wins and
+//! cancels the rest; the deadline cancels everything. Receivers deduplicate by (sender, stanza
+//! id), so a message that came both ways is shown once, and always answer with a receipt on the
+//! path it came by.
+//!
+//! Streams between nbhd peers are authenticated right after the header: each side sends a fresh
+//! nonce, each signs the other's (with both keys, under a domain prefix), and stanzas count only
+//! once the peer's proof verifies against the key its presence announced.
+//!
+//! The driver owns sockets: it carries out [`Action`]s and reports what happens with the
+//! `handle_*` calls. Not yet here (issue 4 continues): relay through a third peer, legacy
+//! XEP-0174 peers, persistence of seen ids across restarts, the probes' wire traffic.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::stanza::{self, Activity, Stanza};
+use super::xml::{self, Element, StreamError, StreamEvent, StreamParser};
+use crate::frame::{self, Kind};
+use crate::identity::{self, Identity, Signature};
+use crate::paths::{Paths, Via};
+
+pub const NS_AUTH: &str = "urn:nbhd:auth:0";
+pub const AUTH_DOMAIN: &[u8] = b"nbhd stream auth v0\0";
+/// The courier retransmits with backoff from this, doubling, until the receipt or the deadline.
+pub const COURIER_RETRY_FIRST: Duration = Duration::from_millis(250);
+pub const COURIER_RETRY_MAX: Duration = Duration::from_secs(4);
+/// A connect that has not completed by then is a failure (the kernel would wait ~127 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub type ConnId = u64;
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Connect {
+        conn: ConnId,
+        addr: SocketAddr,
+    },
+    Send {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
+    Close {
+        conn: ConnId,
+    },
+    /// Send a frame on the neighborhood multicast channel.
+    Courier {
+        bytes: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Delivered {
+        id: String,
+        peer: String,
+        via: Via,
+        latency: Duration,
+    },
+    Failed {
+        id: String,
+        peer: String,
+    },
+    Message {
+        from: String,
+        id: String,
+        body: String,
+        via: Via,
+    },
+    Invitation {
+        from: String,
+        id: String,
+        activity: Activity,
+        reason: String,
+        via: Via,
+    },
+    /// Something was refused and logged: a bad signature, a stream error.
+    Refused {
+        from: String,
+        why: String,
+    },
+}
+
+/// A peer as presence announced it.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub id: String,
+    pub key: [u8; 32],
+    pub instance: String,
+    pub addr: SocketAddr,
+}
+
+struct Conn {
+    peer: Option<String>,
+    parser: StreamParser,
+    connected: bool,
+    outgoing: bool,
+    our_nonce: [u8; 16],
+    authenticated: bool,
+    /// Stanzas waiting for authentication.
+    queue: Vec<Vec<u8>>,
+    opened: Instant,
+}
+
+struct Delivery {
+    peer: String,
+    stanza: Element,
+    started: Instant,
+    deadline: Instant,
+    courier_at: Option<Instant>,
+    courier_retry: Duration,
+    frame_id: u64,
+}
+
+pub struct Messages {
+    me: Identity,
+    my_instance: String,
+    peers: BTreeMap<String, PeerInfo>,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: ConnId,
+    deliveries: BTreeMap<String, Delivery>,
+    seen: HashSet<(String, String)>,
+    pub paths: Paths,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    rng: SmallRng,
+}
+
+impl Messages {
+    pub fn new(me: Identity, my_instance: &str, seed: u64) -> Messages {
+        Messages {
+            me,
+            my_instance: my_instance.to_string(),
+            peers: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            deliveries: BTreeMap::new(),
+            seen: HashSet::new(),
+            paths: Paths::new(seed ^ 0x5a5a),
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn set_peer(&mut self, p: PeerInfo) {
+        self.peers.insert(p.id.clone(), p);
+    }
+
+    pub fn remove_peer(&mut self, id: &str) {
+        self.peers.remove(id);
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn new_id(&mut self) -> String {
+        format!("{:016x}", self.rng.gen::<u64>())
+    }
+
+    /// Sends a chat message; its id, or None if the peer is unknown.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        peer: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let id = self.new_id();
+        let s = Stanza::Chat {
+            id: id.clone(),
+            body: body.to_string(),
+            receipt_requested: true,
+        };
+        self.start(now, peer, &id, s, timeout).then_some(id)
+    }
+
+    /// Sends a signed invitation.
+    pub fn invite(
+        &mut self,
+        now: Instant,
+        peer: &str,
+        activity: Activity,
+        reason: &str,
+        timeout: Duration,
+    ) -> Option<String> {
+        let key = self.peers.get(peer)?.key;
+        let id = self.new_id();
+        let sig = stanza::sign_invitation(&self.me, &key, &id, &activity, reason);
+        let s = Stanza::Invitation {
+            id: id.clone(),
+            activity,
+            reason: reason.to_string(),
+            signature: Some(sig),
+        };
+        self.start(now, peer, &id, s, timeout).then_some(id)
+    }
+
+    fn start(&mut self, now: Instant, peer: &str, id: &str, s: Stanza, timeout: Duration) -> bool {
+        let Some(info) = self.peers.get(peer).cloned() else {
+            return false;
+        };
+        let element = s.to_element(&self.my_instance, &info.instance);
+        let (first, courier_after) = self.paths.plan(now, peer);
+        self.paths.want(now, peer, now + timeout);
+        let mut d = Delivery {
+            peer: peer.to_string(),
+            stanza: element,
+            started: now,
+            deadline: now + timeout,
+            courier_at: None,
+            courier_retry: COURIER_RETRY_FIRST,
+            frame_id: self.rng.gen(),
+        };
+        match first {
+            Via::Tcp => {
+                d.courier_at = courier_after.map(|a| now + a);
+                let bytes = d.stanza.to_stanza_bytes();
+                self.deliveries.insert(id.to_string(), d);
+                self.send_on_stream(now, &info, bytes);
+            }
+            Via::Courier | Via::Relay => {
+                d.courier_at = Some(now);
+                self.deliveries.insert(id.to_string(), d);
+                self.drive_courier(now);
+            }
+        }
+        true
+    }
+
+    fn send_on_stream(&mut self, now: Instant, info: &PeerInfo, bytes: Vec<u8>) {
+        let existing = self
+            .conns
+            .iter_mut()
+            .find(|(_, c)| c.peer.as_deref() == Some(&info.id) && c.outgoing);
+        match existing {
+            Some((id, c)) if c.authenticated => {
+                self.actions.push_back(Action::Send { conn: *id, bytes })
+            }
+            Some((_, c)) => c.queue.push(bytes),
+            None => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                let nonce: [u8; 16] = self.rng.gen();
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        peer: Some(info.id.clone()),
+                        parser: StreamParser::new(),
+                        connected: false,
+                        outgoing: true,
+                        our_nonce: nonce,
+                        authenticated: false,
+                        queue: vec![bytes],
+                        opened: now,
+                    },
+                );
+                self.actions.push_back(Action::Connect {
+                    conn,
+                    addr: info.addr,
+                });
+            }
+        }
+    }
+
+    /// The driver's connect completed.
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.connected = true;
+        let peer = c.peer.clone().unwrap_or_default();
+        let nonce = c.our_nonce;
+        let to = self
+            .peers
+            .get(&peer)
+            .map(|p| p.instance.clone())
+            .unwrap_or_default();
+        let mut bytes = xml::stream_header(&self.my_instance, &to);
+        bytes.extend(self.auth_element(&nonce).to_stanza_bytes());
+        self.actions.push_back(Action::Send { conn, bytes });
+        let _ = now;
+    }
+
+    /// The driver accepted an incoming connection.
+    pub fn handle_accepted(&mut self, now: Instant, conn: ConnId) {
+        let nonce: [u8; 16] = self.rng.gen();
+        self.conns.insert(
+            conn,
+            Conn {
+                peer: None,
+                parser: StreamParser::new(),
+                connected: true,
+                outgoing: false,
+                our_nonce: nonce,
+                authenticated: false,
+                queue: Vec::new(),
+                opened: now,
+            },
+        );
+    }
+
+    /// Accepted connections are numbered by the driver from this value up, ours below it.
+    pub const ACCEPTED_BASE: ConnId = 1 << 40;
+
+    fn auth_element(&self, nonce: &[u8; 16]) -> Element {
+        Element::new(NS_AUTH, "auth")
+            .attr("key", &URL_SAFE_NO_PAD.encode(self.me.public()))
+            .attr("nonce", &URL_SAFE_NO_PAD.encode(nonce))
+    }
+
+    /// A connect failed or timed out, or an established stream broke.
+    pub fn handle_closed(&mut self, now: Instant, conn: ConnId, failed: bool) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(peer) = c.peer {
+            if failed || !c.authenticated {
+                self.paths.on_tcp_failed(now, &peer);
+                // Whatever waited for this stream goes by courier at once.
+                for d in self.deliveries.values_mut().filter(|d| d.peer == peer) {
+                    d.courier_at = Some(d.courier_at.map_or(now, |t| t.min(now)));
+                }
+                self.drive_courier(now);
+            }
+        }
+    }
+
+    /// Bytes from a stream.
+    pub fn handle_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Err(e) = c.parser.feed(bytes) {
+            self.stream_error(conn, e);
+            return;
+        }
+        let mut evs = Vec::new();
+        while let Some(ev) = c.parser.poll_event() {
+            evs.push(ev);
+        }
+        for ev in evs {
+            match ev {
+                StreamEvent::Header(_) => {
+                    let c = self.conns.get(&conn).expect("present");
+                    if !c.outgoing {
+                        // Answer with our header and nonce.
+                        let nonce = c.our_nonce;
+                        let mut out = xml::stream_header(&self.my_instance, "");
+                        out.extend(self.auth_element(&nonce).to_stanza_bytes());
+                        self.actions.push_back(Action::Send { conn, bytes: out });
+                    }
+                }
+                StreamEvent::Stanza(e) => self.on_stream_stanza(now, conn, e),
+                StreamEvent::End => {
+                    self.actions.push_back(Action::Close { conn });
+                    self.conns.remove(&conn);
+                    return;
+                }
+            }
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
+        }
+    }
+
+    fn stream_error(&mut self, conn: ConnId, e: StreamError) {
+        let from = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.peer.clone())
+            .unwrap_or_else(|| "unknown peer".into());
+        self.events.push_back(Event::Refused {
+            from,
+            why: e.to_string(),
+        });
+        self.actions.push_back(Action::Send {
+            conn,
+            bytes: e.to_bytes(),
+        });
+        self.actions.push_back(Action::Close { conn });
+        self.conns.remove(&conn);
+    }
+
+    fn on_stream_stanza(&mut self, now: Instant, conn: ConnId, e: Element) {
+        if e.ns == NS_AUTH {
+            self.on_auth(now, conn, e);
+            return;
+        }
+        let (authenticated, peer) = {
+            let c = &self.conns[&conn];
+            (c.authenticated, c.peer.clone())
+        };
+        let Some(peer) = peer.filter(|_| authenticated) else {
+            self.stream_error(
+                conn,
+                StreamError::PolicyViolation("stanza before authentication".into()),
+            );
+            return;
+        };
+        self.on_stanza(now, &peer, e, Via::Tcp, Some(conn));
+    }
+
+    fn on_auth(&mut self, now: Instant, conn: ConnId, e: Element) {
+        match e.name.as_str() {
+            "auth" => {
+                let key = e
+                    .get_attr("key")
+                    .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok());
+                let nonce = e
+                    .get_attr("nonce")
+                    .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok());
+                let (Some(key), Some(nonce)) = (key, nonce) else {
+                    self.stream_error(conn, StreamError::NotWellFormed("bad auth element".into()));
+                    return;
+                };
+                // The key must be one presence announced; for our own connects, the one we meant.
+                let Some(peer) = self
+                    .peers
+                    .values()
+                    .find(|p| p.key == key)
+                    .map(|p| p.id.clone())
+                else {
+                    self.stream_error(conn, StreamError::PolicyViolation("unknown key".into()));
+                    return;
+                };
+                let c = self.conns.get_mut(&conn).expect("present");
+                if c.peer.as_ref().is_some_and(|p| *p != peer) {
+                    self.stream_error(
+                        conn,
+                        StreamError::PolicyViolation("key of another peer".into()),
+                    );
+                    return;
+                }
+                c.peer = Some(peer);
+                let mut msg = AUTH_DOMAIN.to_vec();
+                msg.extend_from_slice(&nonce);
+                msg.extend_from_slice(&key);
+                msg.extend_from_slice(&self.me.public());
+                let sig = URL_SAFE_NO_PAD.encode(self.me.sign(&msg).to_bytes());
+                let proof = Element::new(NS_AUTH, "proof").attr("sig", &sig);
+                self.actions.push_back(Action::Send {
+                    conn,
+                    bytes: proof.to_stanza_bytes(),
+                });
+            }
+            "proof" => {
+                let c = &self.conns[&conn];
+                let Some(peer) = c.peer.clone() else {
+                    self.stream_error(
+                        conn,
+                        StreamError::PolicyViolation("proof before auth".into()),
+                    );
+                    return;
+                };
+                let Some(key) = self.peers.get(&peer).map(|p| p.key) else {
+                    return;
+                };
+                let mut msg = AUTH_DOMAIN.to_vec();
+                msg.extend_from_slice(&c.our_nonce);
+                msg.extend_from_slice(&self.me.public());
+                msg.extend_from_slice(&key);
+                let ok = e
+                    .get_attr("sig")
+                    .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+                    .and_then(|s| Signature::from_slice(&s).ok())
+                    .is_some_and(|sig| identity::verify_key(&key, &msg, &sig));
+                if !ok {
+                    self.stream_error(
+                        conn,
+                        StreamError::PolicyViolation("authentication failed".into()),
+                    );
+                    return;
+                }
+                let c = self.conns.get_mut(&conn).expect("present");
+                c.authenticated = true;
+                let rtt = now.saturating_duration_since(c.opened);
+                let queued: Vec<Vec<u8>> = std::mem::take(&mut c.queue);
+                if c.outgoing {
+                    self.paths.on_tcp_ok(now, &peer, Some(rtt));
+                }
+                for bytes in queued {
+                    self.actions.push_back(Action::Send { conn, bytes });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A stanza from an authenticated peer, by TCP or courier.
+    fn on_stanza(&mut self, now: Instant, peer: &str, e: Element, via: Via, conn: Option<ConnId>) {
+        let s = match Stanza::from_element(&e) {
+            Ok(s) => s,
+            Err(_) => return, // not ours to handle
+        };
+        match s {
+            Stanza::Receipt { of } => self.on_receipt(now, peer, &of, via),
+            Stanza::Chat { id, body, .. } => {
+                self.send_receipt(peer, &id, via, conn);
+                if self.seen.insert((peer.to_string(), id.clone())) {
+                    self.events.push_back(Event::Message {
+                        from: peer.to_string(),
+                        id,
+                        body,
+                        via,
+                    });
+                }
+            }
+            Stanza::Invitation {
+                id,
+                activity,
+                reason,
+                signature,
+            } => {
+                let key = self.peers.get(peer).map(|p| p.key);
+                let valid = match (key, signature) {
+                    (Some(k), Some(sig)) => stanza::verify_invitation(
+                        &k,
+                        &self.me.public(),
+                        &id,
+                        &activity,
+                        &reason,
+                        &sig,
+                    ),
+                    _ => false,
+                };
+                if !valid {
+                    self.events.push_back(Event::Refused {
+                        from: peer.to_string(),
+                        why: "invitation unsigned or badly signed".into(),
+                    });
+                    return;
+                }
+                self.send_receipt(peer, &id, via, conn);
+                if self.seen.insert((peer.to_string(), id.clone())) {
+                    self.events.push_back(Event::Invitation {
+                        from: peer.to_string(),
+                        id,
+                        activity,
+                        reason,
+                        via,
+                    });
+                }
+            }
+        }
+    }
+
+    fn send_receipt(&mut self, peer: &str, id: &str, via: Via, conn: Option<ConnId>) {
+        let Some(info) = self.peers.get(peer).cloned() else {
+            return;
+        };
+        let receipt =
+            Stanza::Receipt { of: id.to_string() }.to_element(&self.my_instance, &info.instance);
+        match (via, conn) {
+            (Via::Tcp, Some(conn)) => self.actions.push_back(Action::Send {
+                conn,
+                bytes: receipt.to_stanza_bytes(),
+            }),
+            _ => {
+                let frame_id = self.rng.gen();
+                self.courier_frame(
+                    Kind::CourierReceipt,
+                    &info.key,
+                    frame_id,
+                    receipt.to_stanza_bytes(),
+                )
+            }
+        }
+    }
+
+    fn on_receipt(&mut self, now: Instant, peer: &str, of: &str, via: Via) {
+        let Some(d) = self.deliveries.get(of) else {
+            return;
+        };
+        if d.peer != peer {
+            return; // a receipt is bound to (stanza id, sender, recipient)
+        }
+        let d = self.deliveries.remove(of).expect("present");
+        match via {
+            Via::Tcp => self.paths.on_tcp_ok(now, peer, None),
+            _ => self.paths.on_courier_receipt(now, peer),
+        }
+        self.events.push_back(Event::Delivered {
+            id: of.to_string(),
+            peer: peer.to_string(),
+            via,
+            latency: now - d.started,
+        });
+    }
+
+    fn courier_frame(&mut self, kind: Kind, to: &[u8; 32], id: u64, payload: Vec<u8>) {
+        let repr = frame::Repr {
+            kind,
+            sender: self.me.public(),
+            recipient: *to,
+            id,
+            payload,
+        };
+        if let Ok(bytes) = repr.emit(&self.me) {
+            self.actions.push_back(Action::Courier { bytes });
+        }
+    }
+
+    /// A datagram from the neighborhood channel.
+    pub fn handle_courier(&mut self, now: Instant, bytes: &[u8]) -> Result<(), frame::Error> {
+        let f = frame::Repr::parse(bytes)?;
+        if f.recipient != self.me.public() || f.sender == self.me.public() {
+            return Ok(()); // for someone else, or our own echo
+        }
+        let Some(peer) = self
+            .peers
+            .values()
+            .find(|p| p.key == f.sender)
+            .map(|p| p.id.clone())
+        else {
+            return Ok(()); // a stranger: presence has not told us of it yet
+        };
+        self.paths.on_multicast_heard(now, &peer);
+        if !matches!(f.kind, Kind::Courier | Kind::CourierReceipt) {
+            return Ok(());
+        }
+        let mut p = StreamParser::new();
+        let mut wrapped = xml::stream_header("", "");
+        wrapped.extend_from_slice(&f.payload);
+        if p.feed(&wrapped).is_err() {
+            return Err(frame::Error::Malformed("courier payload is not a stanza"));
+        }
+        while let Some(ev) = p.poll_event() {
+            if let StreamEvent::Stanza(e) = ev {
+                self.on_stanza(now, &peer, e, Via::Courier, None);
+            }
+        }
+        Ok(())
+    }
+
+    fn drive_courier(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.courier_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let d = self.deliveries.get_mut(&id).expect("listed");
+            let Some(key) = self.peers.get(&d.peer).map(|p| p.key) else {
+                continue;
+            };
+            let payload = d.stanza.to_stanza_bytes();
+            let frame_id = d.frame_id;
+            d.courier_at = Some(now + d.courier_retry);
+            d.courier_retry = (d.courier_retry * 2).min(COURIER_RETRY_MAX);
+            self.courier_frame(Kind::Courier, &key, frame_id, payload);
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let d = self
+            .deliveries
+            .values()
+            .flat_map(|d| [Some(d.deadline), d.courier_at])
+            .flatten()
+            .min();
+        let c = self
+            .conns
+            .values()
+            .filter(|c| !c.authenticated && c.outgoing)
+            .map(|c| c.opened + CONNECT_TIMEOUT)
+            .min();
+        [d, c].into_iter().flatten().min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let d = self.deliveries.remove(&id).expect("listed");
+            self.events.push_back(Event::Failed { id, peer: d.peer });
+        }
+        let stalled: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.outgoing && !c.authenticated && c.opened + CONNECT_TIMEOUT <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in stalled {
+            self.actions.push_back(Action::Close { conn });
+            self.handle_closed(now, conn, true);
+        }
+        self.drive_courier(now);
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod engine_tests;

@@ -1,0 +1,322 @@
+//! Two (or three) engines wired by a modelled network on a virtual clock: TCP only where unicast
+//! flows both ways, the courier wherever multicast flows.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::identity::Identity;
+use crate::messages::stanza::Activity;
+use crate::paths::Via;
+
+const LATENCY: Duration = Duration::from_millis(1);
+
+struct Net {
+    now: Instant,
+    t0: Instant,
+    nodes: Vec<Messages>,
+    /// (from, to) pairs whose unicast is dropped.
+    unicast_drop: HashSet<(usize, usize)>,
+    /// conn id at a node → (other node, its conn id)
+    links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
+    next_accept: ConnId,
+    inflight: Vec<(Instant, usize, Delivery)>,
+    events: Vec<(Instant, usize, Event)>,
+    courier_frames: usize,
+}
+
+enum Delivery {
+    Connected(ConnId),
+    Data(ConnId, Vec<u8>),
+    Closed(ConnId),
+    Courier(Vec<u8>),
+}
+
+fn addr(i: usize) -> SocketAddr {
+    format!("10.0.0.{}:5298", i + 1).parse().unwrap()
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let ids: Vec<Identity> = (0..n)
+            .map(|i| Identity::from_secret([i as u8 + 1; 32]))
+            .collect();
+        let mut nodes: Vec<Messages> = (0..n)
+            .map(|i| {
+                Messages::new(
+                    Identity::from_secret([i as u8 + 1; 32]),
+                    &format!("n{i}@lab"),
+                    i as u64,
+                )
+            })
+            .collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for (j, id) in ids.iter().enumerate() {
+                if i != j {
+                    node.set_peer(PeerInfo {
+                        id: format!("n{j}"),
+                        key: id.public(),
+                        instance: format!("n{j}@lab"),
+                        addr: addr(j),
+                    });
+                }
+            }
+        }
+        let t0 = Instant::now();
+        Net {
+            now: t0,
+            t0,
+            nodes,
+            unicast_drop: HashSet::new(),
+            links: BTreeMap::new(),
+            next_accept: Messages::ACCEPTED_BASE,
+            inflight: Vec::new(),
+            events: Vec::new(),
+            courier_frames: 0,
+        }
+    }
+
+    fn unicast_ok(&self, a: usize, b: usize) -> bool {
+        !self.unicast_drop.contains(&(a, b)) && !self.unicast_drop.contains(&(b, a))
+    }
+
+    fn drain(&mut self) {
+        for i in 0..self.nodes.len() {
+            while let Some(a) = self.nodes[i].poll_action() {
+                if std::env::var("ENGINE_DEBUG").is_ok() {
+                    match &a {
+                        Action::Send { conn, bytes } => eprintln!(
+                            "{:?} n{i} send {conn}: {}",
+                            self.now - self.t0,
+                            String::from_utf8_lossy(bytes)
+                        ),
+                        other => eprintln!("{:?} n{i} {:?}", self.now - self.t0, other),
+                    }
+                }
+                match a {
+                    Action::Connect { conn, addr: to } => {
+                        let j = (0..self.nodes.len()).find(|j| addr(*j) == to).unwrap();
+                        if self.unicast_ok(i, j) {
+                            let acc = self.next_accept;
+                            self.next_accept += 1;
+                            self.links.insert((i, conn), (j, acc));
+                            self.links.insert((j, acc), (i, conn));
+                            self.nodes[j].handle_accepted(self.now, acc);
+                            self.inflight.push((
+                                self.now + 2 * LATENCY,
+                                i,
+                                Delivery::Connected(conn),
+                            ));
+                        }
+                        // else: SYNs vanish; the engine's connect timeout decides.
+                    }
+                    Action::Send { conn, bytes } => {
+                        if let Some((j, c)) = self.links.get(&(i, conn)).copied() {
+                            if self.unicast_ok(i, j) {
+                                self.inflight.push((
+                                    self.now + LATENCY,
+                                    j,
+                                    Delivery::Data(c, bytes),
+                                ));
+                            }
+                        }
+                    }
+                    Action::Close { conn } => {
+                        if let Some((j, c)) = self.links.remove(&(i, conn)) {
+                            self.links.remove(&(j, c));
+                            self.inflight
+                                .push((self.now + LATENCY, j, Delivery::Closed(c)));
+                        }
+                    }
+                    Action::Courier { bytes } => {
+                        self.courier_frames += 1;
+                        for j in 0..self.nodes.len() {
+                            if j != i {
+                                self.inflight.push((
+                                    self.now + LATENCY,
+                                    j,
+                                    Delivery::Courier(bytes.clone()),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            while let Some(e) = self.nodes[i].poll_event() {
+                self.events.push((self.now, i, e));
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            self.drain();
+            let t_timer = self.nodes.iter().filter_map(|n| n.poll_timeout()).min();
+            let t_flight = self.inflight.iter().map(|f| f.0).min();
+            let Some(next) = [t_timer, t_flight].into_iter().flatten().min() else {
+                break;
+            };
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            let now = self.now;
+            let (due, keep): (Vec<_>, Vec<_>) = self.inflight.drain(..).partition(|f| f.0 <= now);
+            self.inflight = keep;
+            for (_, j, d) in due {
+                match d {
+                    Delivery::Connected(c) => self.nodes[j].handle_connected(now, c),
+                    Delivery::Data(c, b) => self.nodes[j].handle_data(now, c, &b),
+                    Delivery::Closed(c) => self.nodes[j].handle_closed(now, c, false),
+                    Delivery::Courier(b) => {
+                        let _ = self.nodes[j].handle_courier(now, &b);
+                    }
+                }
+            }
+            for n in &mut self.nodes {
+                if n.poll_timeout().is_some_and(|t| t <= now) {
+                    n.handle_timeout(now);
+                }
+            }
+        }
+        self.drain();
+        self.now = end;
+    }
+
+    fn delivered(&self, id: &str) -> Option<(Via, Duration)> {
+        self.events.iter().find_map(|(_, _, e)| match e {
+            Event::Delivered {
+                id: i,
+                via,
+                latency,
+                ..
+            } if i == id => Some((*via, *latency)),
+            _ => None,
+        })
+    }
+
+    fn received(&self, at: usize) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|(_, n, _)| *n == at)
+            .filter_map(|(_, _, e)| match e {
+                Event::Message { body, .. } => Some(body.clone()),
+                Event::Invitation { activity, .. } => Some(format!("invitation:{}", activity.name)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_healthy_path_delivers_over_tcp_with_no_courier_frame() {
+    let mut net = Net::new(2);
+    let now = net.now;
+    let id = net.nodes[0]
+        .send(now, "n1", "hello", Duration::from_secs(10))
+        .unwrap();
+    net.run_for(Duration::from_secs(2));
+    if std::env::var("ENGINE_DEBUG").is_ok() {
+        eprintln!("{:#?}", net.events);
+    }
+    let (via, latency) = net.delivered(&id).expect("delivered");
+    assert_eq!(via, Via::Tcp);
+    assert!(latency < Duration::from_millis(250));
+    assert_eq!(net.received(1), vec!["hello"]);
+    assert_eq!(net.courier_frames, 0);
+    // A second message reuses the authenticated stream.
+    let now = net.now;
+    let id2 = net.nodes[0]
+        .send(now, "n1", "again", Duration::from_secs(10))
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.delivered(&id2).unwrap().0, Via::Tcp);
+}
+
+#[test]
+fn the_seed_black_hole_delivers_by_courier_fast_and_once() {
+    let mut net = Net::new(3);
+    net.unicast_drop.insert((0, 1));
+    let mut ids = Vec::new();
+    for k in 0..20 {
+        let now = net.now;
+        ids.push(
+            net.nodes[0]
+                .invite(
+                    now,
+                    "n1",
+                    Activity {
+                        name: format!("act{k}"),
+                        ..Activity::default()
+                    },
+                    "",
+                    Duration::from_secs(30),
+                )
+                .unwrap(),
+        );
+        net.run_for(Duration::from_secs(2));
+    }
+    for id in &ids {
+        let (via, latency) = net
+            .delivered(id)
+            .unwrap_or_else(|| panic!("{id} not delivered"));
+        assert_eq!(via, Via::Courier);
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+    }
+    let got = net.received(1);
+    assert_eq!(got.len(), 20, "each exactly once: {got:?}");
+    // Meanwhile n0 to n2 still uses TCP.
+    let now = net.now;
+    let id = net.nodes[0]
+        .send(now, "n2", "hi", Duration::from_secs(5))
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.delivered(&id).unwrap().0, Via::Tcp);
+}
+
+#[test]
+fn a_badly_signed_invitation_is_refused_and_a_stranger_cannot_talk() {
+    let mut net = Net::new(2);
+    // n0 believes n1's key is someone else's: n1's auth then fails at n0.
+    let fake = Identity::from_secret([99; 32]).public();
+    net.nodes[0].set_peer(PeerInfo {
+        id: "n1".into(),
+        key: fake,
+        instance: "n1@lab".into(),
+        addr: addr(1),
+    });
+    let now = net.now;
+    let _ = net.nodes[0].send(now, "n1", "hello?", Duration::from_secs(3));
+    net.run_for(Duration::from_secs(4));
+    assert!(net.received(1).is_empty());
+    assert!(net
+        .events
+        .iter()
+        .any(|(_, _, e)| matches!(e, Event::Refused { .. } | Event::Failed { .. })));
+}
+
+#[test]
+fn a_deadline_cancels_every_path() {
+    let mut net = Net::new(2);
+    net.unicast_drop.insert((0, 1));
+    // Multicast dead too: nothing can carry it.
+    let now = net.now;
+    net.nodes[1].remove_peer("n0"); // n1 ignores n0's frames as a stranger's
+    let id = net.nodes[0]
+        .send(now, "n1", "lost", Duration::from_secs(2))
+        .unwrap();
+    net.run_for(Duration::from_secs(5));
+    assert!(net
+        .events
+        .iter()
+        .any(|(_, _, e)| matches!(e, Event::Failed { id: i, .. } if *i == id)));
+    let frames_then = net.courier_frames;
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(
+        net.courier_frames, frames_then,
+        "no retransmission after the deadline"
+    );
+    let _ = net.t0;
+}
