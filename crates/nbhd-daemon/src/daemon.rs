@@ -1,21 +1,26 @@
-//! `nbhd up`: the event loop. It feeds the presence engine datagrams and time, sends what the
-//! engine wants sent, serves the control socket and the HTTP API, follows interface changes, and
-//! on SIGINT/SIGTERM sends goodbyes and exits 0.
+//! `nbhd up`: the event loop. It feeds the presence and messages engines datagrams, stream bytes
+//! and time, carries out what they ask, serves the control socket and the HTTP API, follows
+//! interface changes, and on SIGINT/SIGTERM sends goodbyes and exits 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use nbhd_proto::identity::Identity;
+use nbhd_proto::messages::stanza::Activity;
+use nbhd_proto::messages::{self, Messages, PeerInfo};
 use nbhd_proto::presence::{self, Destination, Event, IfaceId, Presence};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::control::{self, Request};
 use crate::datadir::DataDir;
+use crate::delivery::{self, NetEvent, Streams};
 use crate::error::DaemonError;
 use crate::ifaces::{self, Iface};
 use crate::mdns::{self, MdnsSocket};
@@ -47,9 +52,17 @@ struct DriverStats {
     unknown_iface: u64,
 }
 
+/// A control request waiting for its delivery to end.
+type Waiting = oneshot::Sender<Result<Value, String>>;
+
 struct Daemon {
     presence: Presence,
     socket: MdnsSocket,
+    messages: Messages,
+    courier: MdnsSocket,
+    streams: Streams,
+    waiting: HashMap<String, Waiting>,
+    store: Store,
     ifaces: BTreeMap<u32, Iface>,
     wanted_ifaces: Vec<String>,
     identity: Identity,
@@ -133,11 +146,25 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
             ^ view::unix_ms(),
     };
     let started = Instant::now();
+    let seed = config.seed;
     let presence = Presence::new(config, started);
+    let courier = MdnsSocket::open_group(delivery::COURIER_GROUP, delivery::COURIER_PORT)
+        .map_err(|e| DaemonError::other("opening the courier socket", e))?;
+    let messages = Messages::new(
+        Identity::from_secret(identity.secret()),
+        presence.instance(),
+        seed,
+    );
+    let (net_tx, mut net_rx) = mpsc::unbounded_channel::<NetEvent>();
     let (events_tx, _) = broadcast::channel(1024);
     let mut d = Daemon {
         presence,
         socket,
+        messages,
+        courier,
+        streams: Streams::new(net_tx.clone()),
+        waiting: HashMap::new(),
+        store,
         ifaces: BTreeMap::new(),
         wanted_ifaces: opts.ifaces.clone(),
         identity,
@@ -163,32 +190,26 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
     let (req_tx, mut req_rx) = mpsc::channel::<Request>(64);
     tokio::spawn(control::serve(control, req_tx.clone(), events_tx.clone()));
     tokio::spawn(api::serve(api_listener, token, req_tx));
-    tokio::spawn(async move {
-        // Reserved for the messaging engine; until then a peer that connects is closed at once.
-        let l = tokio::net::TcpListener::from_std({
-            let _ = p2pj.set_nonblocking(true);
-            p2pj
-        });
-        if let Ok(l) = l {
-            while let Ok((s, _)) = l.accept().await {
-                drop(s);
-            }
-        }
-    });
+    let _ = p2pj.set_nonblocking(true);
+    let listener = tokio::net::TcpListener::from_std(p2pj)
+        .map_err(|e| DaemonError::other("XEP-0174 listener", e))?;
+    tokio::spawn(delivery::accept(listener, net_tx));
 
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| DaemonError::other("signal handler", e))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| DaemonError::other("signal handler", e))?;
     let mut buf = mdns::new_buffer();
+    let mut cbuf = mdns::new_buffer();
     let mut iface_poll = tokio::time::interval(IFACE_POLL);
     iface_poll.tick().await;
 
     loop {
         d.flush();
-        let timeout = d
-            .presence
-            .poll_timeout()
+        let timeout = [d.presence.poll_timeout(), d.messages.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
             .map(tokio::time::Instant::from_std);
         let sleep = async {
             match timeout {
@@ -201,11 +222,22 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
                 Ok(rx) => d.on_datagram(&buf[..rx.len], rx),
                 Err(e) => tracing::warn!("mDNS receive failed: {e}"),
             },
-            _ = sleep => d.presence.handle_timeout(Instant::now()),
-            Some(req) = req_rx.recv() => {
-                let reply = d.on_request(&req.cmd, &req.args);
-                let _ = req.reply.send(reply);
+            r = d.courier.recv(&mut cbuf) => match r {
+                Ok(rx) if !rx.truncated => {
+                    if let Err(e) = d.messages.handle_courier(Instant::now(), &cbuf[..rx.len]) {
+                        tracing::debug!(src = %rx.src, "dropped courier frame: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("courier receive failed: {e}"),
+            },
+            Some(ev) = net_rx.recv() => d.on_net(ev),
+            _ = sleep => {
+                let now = Instant::now();
+                d.presence.handle_timeout(now);
+                d.messages.handle_timeout(now);
             }
+            Some(req) = req_rx.recv() => d.on_request_async(req),
             _ = iface_poll.tick() => match ifaces::select(&d.wanted_ifaces) {
                 Ok(found) => d.apply_ifaces(found),
                 Err(e) => tracing::warn!("listing interfaces: {e}"),
@@ -255,6 +287,7 @@ impl Daemon {
             tracing::info!(iface = %self.ifaces[&idx].name, "interface gone");
             self.presence.remove_interface(IfaceId(idx));
             self.socket.leave(idx);
+            self.courier.leave(idx);
             self.ifaces.remove(&idx);
         }
         for (idx, i) in found {
@@ -264,6 +297,9 @@ impl Daemon {
             if let Err(e) = self.socket.join(idx) {
                 tracing::warn!(iface = %i.name, "cannot join the mDNS group: {e}");
                 continue;
+            }
+            if let Err(e) = self.courier.join(idx) {
+                tracing::warn!(iface = %i.name, "cannot join the courier group: {e}");
             }
             tracing::info!(iface = %i.name, addrs = ?i.addrs, "serving interface");
             self.presence
@@ -282,11 +318,23 @@ impl Daemon {
             self.stats.unknown_iface += 1;
             return; // a datagram on an interface we do not serve
         }
-        if let Err(e) =
-            self.presence
-                .handle_packet(Instant::now(), IfaceId(rx.ifindex), rx.src, bytes)
+        let now = Instant::now();
+        match self
+            .presence
+            .handle_packet(now, IfaceId(rx.ifindex), rx.src, bytes)
         {
-            self.log_drop(e.kind(), rx.src, &e.to_string());
+            Err(e) => self.log_drop(e.kind(), rx.src, &e.to_string()),
+            Ok(()) => {
+                // Multicast from this peer reaches us: evidence for its paths.
+                if let Some(p) = self
+                    .presence
+                    .peers()
+                    .find(|p| p.addrs.contains(&rx.src.ip()))
+                {
+                    let id = p.id.clone();
+                    self.messages.paths.on_multicast_heard(now, &id);
+                }
+            }
         }
     }
 
@@ -340,8 +388,203 @@ impl Daemon {
                     tracing::info!(%instance, iface = iface.0, "announced");
                 }
             }
+            match &e {
+                Event::PeerUp(p) | Event::PeerChanged(p) => self.sync_peer(p),
+                Event::PeerDown(p) => self.messages.remove_peer(&p.id),
+                _ => {}
+            }
             if let Some(v) = view::event(&e, now) {
                 let _ = self.events.send(v);
+            }
+        }
+        let vias: Vec<Ipv4Addr> = self
+            .ifaces
+            .values()
+            .filter_map(|i| i.addrs.first().copied())
+            .collect();
+        while let Some(a) = self.messages.poll_action() {
+            self.streams.act(a, &self.courier, &vias);
+        }
+        while let Some(e) = self.messages.poll_event() {
+            self.on_message_event(e);
+        }
+    }
+
+    /// nbhd peers (key in TXT) are reachable by the messages engine; legacy peers not yet.
+    fn sync_peer(&mut self, p: &presence::Peer) {
+        let key = p
+            .key
+            .as_deref()
+            .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
+            .and_then(|k| <[u8; 32]>::try_from(k).ok());
+        let (Some(key), Some(ip)) = (key, p.addrs.first()) else {
+            return;
+        };
+        self.messages.set_peer(PeerInfo {
+            id: p.id.clone(),
+            key,
+            instance: p.instance.clone(),
+            addr: SocketAddr::new(*ip, p.port),
+        });
+    }
+
+    fn nick_of(&self, id: &str) -> String {
+        self.presence
+            .peers()
+            .find(|p| p.id == id)
+            .map(|p| p.nick.clone())
+            .unwrap_or_default()
+    }
+
+    fn on_message_event(&mut self, e: messages::Event) {
+        let at = view::unix_ms();
+        match e {
+            messages::Event::Delivered {
+                id,
+                peer,
+                via,
+                latency,
+            } => {
+                tracing::info!(%id, %peer, via = via.as_str(), latency_ms = delivery::ms(latency), "delivered");
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.send(Ok(json!({"id": id, "delivered": true, "via": via.as_str(), "latency_ms": delivery::ms(latency)})));
+                }
+            }
+            messages::Event::Failed { id, peer } => {
+                tracing::warn!(%id, %peer, "not delivered before the timeout");
+                if let Some(w) = self.waiting.remove(&id) {
+                    let _ = w.send(Ok(
+                        json!({"id": id, "delivered": false, "via": null, "latency_ms": null}),
+                    ));
+                }
+            }
+            messages::Event::Message {
+                from,
+                id,
+                body,
+                via,
+            } => {
+                tracing::info!(%from, %id, via = via.as_str(), "message");
+                let nick = self.nick_of(&from);
+                let _ = self.events.send(json!({"type": "message", "at": at, "from": from, "from_nick": nick, "id": id, "text": body, "via": via.as_str()}));
+            }
+            messages::Event::Invitation {
+                from,
+                id,
+                activity,
+                reason,
+                via,
+            } => {
+                tracing::info!(%from, %id, activity = %activity.name, via = via.as_str(), "invitation");
+                let nick = self.nick_of(&from);
+                let row = json!({
+                    "id": id, "from": from, "from_nick": nick,
+                    "activity": {"id": activity.id, "name": activity.name, "type": activity.kind},
+                    "reason": reason, "via": via.as_str(), "relayed_by": null, "received_at": at,
+                });
+                if let Err(e) = self.store.add_invitation(&from, &id, &row) {
+                    tracing::error!("storing an invitation: {e}");
+                }
+                let mut ev = row.clone();
+                ev["type"] = json!("invitation");
+                ev["at"] = json!(at);
+                let _ = self.events.send(ev);
+            }
+            messages::Event::Refused { from, why } => tracing::warn!(%from, "refused: {why}"),
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        let now = Instant::now();
+        match ev {
+            NetEvent::Accepted { conn, writer } => {
+                self.streams.add_writer(conn, writer);
+                self.messages.handle_accepted(now, conn);
+            }
+            NetEvent::Connected { conn, writer } => {
+                self.streams.add_writer(conn, writer);
+                self.messages.handle_connected(now, conn);
+            }
+            NetEvent::Data { conn, bytes } => self.messages.handle_data(now, conn, &bytes),
+            NetEvent::Closed { conn, failed } => {
+                self.streams.forget(conn);
+                self.messages.handle_closed(now, conn, failed);
+            }
+        }
+    }
+
+    /// PEER as DESIGN.md §6 has it: a nick, an instance name or a prefix of a peer id.
+    fn resolve_peer(&self, q: &str) -> Result<String, String> {
+        let peers: Vec<&presence::Peer> = self.presence.peers().filter(|p| !p.legacy).collect();
+        let exact: Vec<&&presence::Peer> = peers
+            .iter()
+            .filter(|p| p.id == q || p.instance == q || p.nick == q)
+            .collect();
+        let pick = if exact.is_empty() {
+            peers.iter().filter(|p| p.id.starts_with(q)).collect()
+        } else {
+            exact
+        };
+        match pick.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(format!("no peer matches {q:?} (see nbhd peers)")),
+            many => Err(format!(
+                "{q:?} is ambiguous: {}",
+                many.iter()
+                    .map(|p| format!("{} ({})", p.instance, &p.id[..p.id.len().min(12)]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Requests whose answer waits for a delivery keep their reply channel; others answer now.
+    fn on_request_async(&mut self, req: Request) {
+        let now = Instant::now();
+        let timeout = Duration::from_secs_f64(
+            req.args
+                .get("timeout")
+                .and_then(Value::as_f64)
+                .unwrap_or(10.0)
+                .clamp(0.1, 3600.0),
+        );
+        let peer = req.args.get("peer").and_then(Value::as_str).unwrap_or("");
+        let started = match req.cmd.as_str() {
+            "send" => Some(self.resolve_peer(peer).and_then(|p| {
+                let text = req.args.get("text").and_then(Value::as_str).unwrap_or("");
+                self.messages
+                    .send(now, &p, text, timeout)
+                    .ok_or_else(|| format!("{peer} cannot be messaged"))
+            })),
+            "invite" => Some(self.resolve_peer(peer).and_then(|p| {
+                let name = req
+                    .args
+                    .get("activity")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let activity = Activity {
+                    id: name.clone(),
+                    name,
+                    kind: "activity".into(),
+                    ..Activity::default()
+                };
+                self.messages
+                    .invite(now, &p, activity, "", timeout)
+                    .ok_or_else(|| format!("{peer} cannot be invited"))
+            })),
+            _ => None,
+        };
+        match started {
+            Some(Ok(id)) => {
+                self.waiting.insert(id, req.reply);
+            }
+            Some(Err(e)) => {
+                let _ = req.reply.send(Err(e));
+            }
+            None => {
+                let reply = self.on_request(&req.cmd, &req.args);
+                let _ = req.reply.send(reply);
             }
         }
     }
@@ -387,6 +630,22 @@ impl Daemon {
                     "peers": self.presence.peers().count(),
                 }))
             }
+            "invitations" => self.store.invitations().map(Value::Array).map_err(|e| e.to_string()),
+            "doctor" => Ok(Value::Array(
+                self.presence
+                    .peers()
+                    .filter(|p| !p.legacy)
+                    .map(|p| {
+                        let d = self.messages.paths.diagnose(now, &p.id, &p.nick);
+                        json!({
+                            "peer": p.id, "nick": p.nick, "state": d.state.as_str(), "path": d.path.as_str(),
+                            "unicast_out": d.unicast_out.as_str(), "unicast_in": d.unicast_in.as_str(),
+                            "multicast_out": d.multicast_out.as_str(), "multicast_in": d.multicast_in.as_str(),
+                            "diagnosis": d.text,
+                        })
+                    })
+                    .collect(),
+            )),
             other => Err(format!("unknown command {other:?}")),
         }
     }

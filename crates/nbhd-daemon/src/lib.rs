@@ -8,6 +8,7 @@ pub mod api;
 pub mod control;
 pub mod daemon;
 pub mod datadir;
+pub mod delivery;
 pub mod error;
 pub mod ifaces;
 pub mod mdns;

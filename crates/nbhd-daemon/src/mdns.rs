@@ -18,8 +18,12 @@ use tokio::io::unix::AsyncFd;
 /// seen as such (and counted) rather than silently cut.
 const RECV_BUF: usize = 9216;
 
+/// A UDP socket bound to a multicast group's port, shared (`SO_REUSEPORT`) with other daemons in
+/// the namespace: the mDNS socket, and the courier's neighborhood channel.
 pub struct MdnsSocket {
     fd: AsyncFd<Socket>,
+    group: Ipv4Addr,
+    port: u16,
 }
 
 /// One datagram as received.
@@ -32,26 +36,31 @@ pub struct Received {
 }
 
 impl MdnsSocket {
+    /// The mDNS socket: 224.0.0.251:5353.
     pub fn open() -> io::Result<MdnsSocket> {
+        MdnsSocket::open_group(MDNS_GROUP_V4, MDNS_PORT)
+    }
+
+    pub fn open_group(group: Ipv4Addr, port: u16) -> io::Result<MdnsSocket> {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         s.set_reuse_address(true)?;
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
-        s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MDNS_PORT)).into())?;
+        s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
         s.set_multicast_loop_v4(true)?;
         s.set_multicast_ttl_v4(255)?; // RFC 6762 §11: receivers check nothing, but 255 is customary
         socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
         // SAFETY: `s` is an open socket owned by the AsyncFd from here on; its descriptor never
         // changes while it lives.
         let fd = unsafe { AsyncFd::register(s) }.map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(MdnsSocket { fd })
+        Ok(MdnsSocket { fd, group, port })
     }
 
     pub fn join(&self, ifindex: u32) -> io::Result<()> {
         match self
             .fd
             .get_ref()
-            .join_multicast_v4_n(&MDNS_GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex))
+            .join_multicast_v4_n(&self.group, &InterfaceIndexOrAddress::Index(ifindex))
         {
             Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(()), // already joined
             r => r,
@@ -62,7 +71,7 @@ impl MdnsSocket {
         let _ = self
             .fd
             .get_ref()
-            .leave_multicast_v4_n(&MDNS_GROUP_V4, &InterfaceIndexOrAddress::Index(ifindex));
+            .leave_multicast_v4_n(&self.group, &InterfaceIndexOrAddress::Index(ifindex));
     }
 
     pub async fn recv(&self, buf: &mut [u8; RECV_BUF]) -> io::Result<Received> {
@@ -79,7 +88,7 @@ impl MdnsSocket {
     pub fn send_multicast(&self, via: Ipv4Addr, payload: &[u8]) -> io::Result<()> {
         let s = self.fd.get_ref();
         s.set_multicast_if_v4(&via)?;
-        let dst = SocketAddr::V4(SocketAddrV4::new(MDNS_GROUP_V4, MDNS_PORT));
+        let dst = SocketAddr::V4(SocketAddrV4::new(self.group, self.port));
         s.send_to(payload, &dst.into()).map(|_| ())
     }
 

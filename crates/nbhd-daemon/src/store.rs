@@ -20,7 +20,14 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(ctx)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS identity (
+            "CREATE TABLE IF NOT EXISTS invitations (
+                 sender TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 row TEXT NOT NULL,
+                 received_ms INTEGER NOT NULL,
+                 PRIMARY KEY (sender, id)
+             );
+             CREATE TABLE IF NOT EXISTS identity (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
                  secret BLOB NOT NULL,
                  created_ms INTEGER NOT NULL
@@ -28,6 +35,40 @@ impl Store {
         )
         .map_err(ctx)?;
         Ok(Store { conn })
+    }
+
+    /// Keeps an invitation; one received twice (by two paths, or again after a restart) is kept
+    /// once.
+    pub fn add_invitation(
+        &self,
+        sender: &str,
+        id: &str,
+        row: &serde_json::Value,
+    ) -> Result<(), DaemonError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO invitations (sender, id, row, received_ms) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![sender, id, row.to_string(), row["received_at"].as_i64().unwrap_or(0)],
+            )
+            .map_err(|e| DaemonError::other("store: invitation", e))?;
+        Ok(())
+    }
+
+    /// Invitations received, oldest first.
+    pub fn invitations(&self) -> Result<Vec<serde_json::Value>, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: invitations", e);
+        let mut st = self
+            .conn
+            .prepare("SELECT row FROM invitations ORDER BY received_ms, rowid")
+            .map_err(ctx)?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(ctx)?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Ok(v) = serde_json::from_str(&r.map_err(ctx)?) {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     /// The node's ed25519 secret, created from the OS's randomness on first run.

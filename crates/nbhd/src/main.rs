@@ -65,6 +65,31 @@ enum Command {
     Peers,
     /// Follow peer events (peer-up, peer-down, peer-changed) until interrupted
     Events,
+    /// Send a 1:1 message; exits 0 once its receipt arrives, 1 if none came in time
+    #[command(
+        long_about = "Send a 1:1 message. It goes over TCP when that works, by the courier \
+        (multicast) when it does not; the first receipt wins. Exits 0 once the receipt arrives, \
+        1 if none came within --timeout. PEER is a nick, an instance name or a prefix of a peer id."
+    )]
+    Send {
+        peer: String,
+        text: String,
+        /// Give up (on every path) after this many seconds
+        #[arg(long, value_name = "S", default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Invite a peer to an activity; exits 0 once its receipt arrives
+    Invite {
+        peer: String,
+        activity: String,
+        /// Give up (on every path) after this many seconds
+        #[arg(long, value_name = "S", default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Invitations received, each once
+    Invitations,
+    /// Path health, one row per peer: which direction of which path is broken
+    Doctor,
     /// Show this daemon's identity, names and interfaces
     Status,
     /// Show counters: mDNS packets in and out, and what was dropped and why
@@ -176,6 +201,59 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             hosts,
             window_ms,
         } => trace(captures, hosts, window_ms, json),
+        Command::Send {
+            peer,
+            text,
+            timeout,
+        } => deliver(
+            &dir,
+            json!({"cmd": "send", "peer": peer, "text": text, "timeout": timeout}),
+            json,
+        ),
+        Command::Invite {
+            peer,
+            activity,
+            timeout,
+        } => deliver(
+            &dir,
+            json!({"cmd": "invite", "peer": peer, "activity": activity, "timeout": timeout}),
+            json,
+        ),
+        Command::Invitations => {
+            let v = Client::connect(&dir)?.call(json!({"cmd": "invitations"}))?;
+            if json {
+                print_json(&v);
+            } else {
+                let rows = v.as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    println!("no invitations received");
+                }
+                for r in rows {
+                    println!(
+                        "{}  from {} ({})  via {}",
+                        r["activity"]["name"].as_str().unwrap_or("?"),
+                        r["from_nick"].as_str().unwrap_or("?"),
+                        r["from"]
+                            .as_str()
+                            .unwrap_or("?")
+                            .chars()
+                            .take(12)
+                            .collect::<String>(),
+                        r["via"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Doctor => {
+            let v = Client::connect(&dir)?.call(json!({"cmd": "doctor"}))?;
+            if json {
+                print_json(&v);
+            } else {
+                print_doctor(&v);
+            }
+            Ok(())
+        }
         Command::Stats => {
             let s = Client::connect(&dir)?.call(json!({"cmd": "stats"}))?;
             if json {
@@ -227,6 +305,58 @@ fn trace(
         print!("{}", report.to_text());
     }
     Ok(())
+}
+
+/// `send` and `invite`: wait for the receipt; exit 1 when none came.
+fn deliver(dir: &DataDir, req: Value, json: bool) -> Result<(), DaemonError> {
+    let v = Client::connect(dir)?.call(req)?;
+    let delivered = v["delivered"].as_bool() == Some(true);
+    if json {
+        print_json(&v);
+    } else if delivered {
+        println!(
+            "delivered via {} in {} ms",
+            v["via"].as_str().unwrap_or("?"),
+            v["latency_ms"]
+        );
+    }
+    if delivered {
+        Ok(())
+    } else {
+        Err(DaemonError::NotFound(
+            "not delivered: no receipt before the timeout (see nbhd doctor)".into(),
+        ))
+    }
+}
+
+fn print_doctor(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no nbhd peers seen yet");
+        return;
+    }
+    println!(
+        "{:<16} {:<15} {:<8} {:<11} {:<11} {:<13} {:<13}",
+        "PEER", "STATE", "PATH", "UNICAST OUT", "UNICAST IN", "MULTICAST OUT", "MULTICAST IN"
+    );
+    for r in &rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+        println!(
+            "{:<16} {:<15} {:<8} {:<11} {:<11} {:<13} {:<13}",
+            s("nick"),
+            s("state"),
+            s("path"),
+            s("unicast_out"),
+            s("unicast_in"),
+            s("multicast_out"),
+            s("multicast_in")
+        );
+    }
+    for r in &rows {
+        if let Some(d) = r["diagnosis"].as_str().filter(|d| !d.is_empty()) {
+            println!("\n{}: {d}", r["nick"].as_str().unwrap_or("?"));
+        }
+    }
 }
 
 fn init_logging() {

@@ -524,3 +524,116 @@ fn netns_nbhd_lists_an_avahi_static_service_as_legacy() {
     assert_eq!(row["addrs"][0], lab.host(1).ip.to_string().as_str());
     assert_eq!(row["port"], 5298);
 }
+
+/// Runs `nbhd --json ARGS` on host `i`; (exit code, parsed stdout).
+fn nbhd_json(lab: &Lab, i: usize, args: &[&str]) -> (Option<i32>, Value) {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let out = nbhd(lab, i, &data_dir(lab, i), &a);
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
+}
+
+fn percentile(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[test]
+fn netns_invitations_survive_the_seed_black_hole_by_courier() {
+    if skip_unless_root("netns_invitations_survive_the_seed_black_hole_by_courier") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    for (i, n) in ["alice", "bob", "carol"].iter().enumerate() {
+        start(&mut lab, i, n, &[]);
+    }
+    wait_for(Duration::from_secs(20), || {
+        (0..3).all(|i| nicks(&lab, i).len() == 2)
+    })
+    .expect("all see all");
+
+    // Healthy path: TCP.
+    let mut healthy = Vec::new();
+    for k in 0..3 {
+        let (code, v) = nbhd_json(
+            &lab,
+            0,
+            &["invite", "bob", &format!("warmup{k}"), "--timeout", "10"],
+        );
+        assert_eq!(code, Some(0), "{v}");
+        assert_eq!(v["via"], "tcp", "{v}");
+        healthy.push(v["latency_ms"].as_u64().unwrap());
+    }
+    eprintln!("FIGURE healthy path: 3 invitations over tcp, latencies {healthy:?} ms");
+
+    // The seed: every IP packet from alice to bob silently dropped on the bridge.
+    lab.drop_unicast(0, 1).unwrap();
+    let mut lat = Vec::new();
+    let mut ids = Vec::new();
+    for k in 0..20 {
+        let (code, v) = nbhd_json(
+            &lab,
+            0,
+            &["invite", "bob", &format!("act{k}"), "--timeout", "10"],
+        );
+        assert_eq!(code, Some(0), "invitation {k}: {v}");
+        assert_eq!(v["delivered"], true);
+        assert!(v["via"] == "courier" || v["via"] == "tcp", "{v}");
+        lat.push(v["latency_ms"].as_u64().unwrap());
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let (p50, p99) = (
+        percentile(&mut lat.clone(), 0.5),
+        percentile(&mut lat.clone(), 0.99),
+    );
+    eprintln!("FIGURE seed black hole: 20 of 20 invitations delivered by courier, p50 {p50} ms, p99 {p99} ms, max {}", lat.iter().max().unwrap());
+    assert!(lat.iter().all(|l| *l < 1000), "each under 1 s: {lat:?}");
+    // Bob shows each exactly once.
+    let (_, inv) = nbhd_json(&lab, 1, &["invitations"]);
+    let rows = inv.as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        rows.len(),
+        23,
+        "3 warm-up and 20 invitations: {inv}; bob's log:\n{}",
+        read(&lab.dir.join("nbhd-h2-bob.log"))
+    );
+    for id in &ids {
+        assert_eq!(
+            rows.iter().filter(|r| r["id"] == id.as_str()).count(),
+            1,
+            "invitation {id} shown once"
+        );
+    }
+    let names: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["activity"]["name"].as_str())
+        .collect();
+    assert!(names.contains(&"act19"), "{names:?}");
+    assert!(rows.iter().all(|r| r["from_nick"] == "alice"));
+    // A message goes the same way.
+    let (code, v) = nbhd_json(
+        &lab,
+        0,
+        &["send", "bob", "hello through the hole", "--timeout", "10"],
+    );
+    assert_eq!(code, Some(0), "{v}");
+    // Alice to carol still goes by TCP.
+    let (code, v) = nbhd_json(&lab, 0, &["send", "carol", "hi", "--timeout", "10"]);
+    assert_eq!((code, v["via"].as_str()), (Some(0), Some("tcp")), "{v}");
+    let (_, doctor) = nbhd_json(&lab, 0, &["doctor"]);
+    eprintln!("FIGURE alice's doctor: {doctor}");
+    let row = doctor
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["nick"] == "bob")
+        .unwrap()
+        .clone();
+    assert_ne!(
+        row["state"], "up",
+        "the stream that stopped delivering is not trusted: {row}"
+    );
+}

@@ -122,6 +122,8 @@ struct Delivery {
     courier_at: Option<Instant>,
     courier_retry: Duration,
     frame_id: u64,
+    /// The stream it was written to, if it went by TCP.
+    tcp_conn: Option<ConnId>,
 }
 
 pub struct Messages {
@@ -228,13 +230,14 @@ impl Messages {
             courier_at: None,
             courier_retry: COURIER_RETRY_FIRST,
             frame_id: self.rng.gen(),
+            tcp_conn: None,
         };
         match first {
             Via::Tcp => {
                 d.courier_at = courier_after.map(|a| now + a);
                 let bytes = d.stanza.to_stanza_bytes();
+                d.tcp_conn = Some(self.send_on_stream(now, &info, bytes));
                 self.deliveries.insert(id.to_string(), d);
-                self.send_on_stream(now, &info, bytes);
             }
             Via::Courier | Via::Relay => {
                 d.courier_at = Some(now);
@@ -245,16 +248,21 @@ impl Messages {
         true
     }
 
-    fn send_on_stream(&mut self, now: Instant, info: &PeerInfo, bytes: Vec<u8>) {
+    /// Writes to the peer's stream, opening one if needed; the stream's id.
+    fn send_on_stream(&mut self, now: Instant, info: &PeerInfo, bytes: Vec<u8>) -> ConnId {
         let existing = self
             .conns
             .iter_mut()
             .find(|(_, c)| c.peer.as_deref() == Some(&info.id) && c.outgoing);
         match existing {
             Some((id, c)) if c.authenticated => {
-                self.actions.push_back(Action::Send { conn: *id, bytes })
+                self.actions.push_back(Action::Send { conn: *id, bytes });
+                *id
             }
-            Some((_, c)) => c.queue.push(bytes),
+            Some((id, c)) => {
+                c.queue.push(bytes);
+                *id
+            }
             None => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
@@ -276,6 +284,7 @@ impl Messages {
                     conn,
                     addr: info.addr,
                 });
+                conn
             }
         }
     }
@@ -596,7 +605,19 @@ impl Messages {
         let d = self.deliveries.remove(of).expect("present");
         match via {
             Via::Tcp => self.paths.on_tcp_ok(now, peer, None),
-            _ => self.paths.on_courier_receipt(now, peer),
+            _ => {
+                self.paths.on_courier_receipt(now, peer);
+                // It was written to a stream that did not deliver it: a stream that stops
+                // acknowledging is a failure too (DESIGN.md §4.3). Drop it; the next delivery
+                // connects afresh, and that tells the truth about unicast.
+                if let Some(conn) = d
+                    .tcp_conn
+                    .filter(|c| self.conns.get(c).is_some_and(|c| c.authenticated))
+                {
+                    self.actions.push_back(Action::Close { conn });
+                    self.handle_closed(now, conn, true);
+                }
+            }
         }
         self.events.push_back(Event::Delivered {
             id: of.to_string(),

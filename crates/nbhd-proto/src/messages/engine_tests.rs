@@ -320,3 +320,27 @@ fn a_deadline_cancels_every_path() {
     );
     let _ = net.t0;
 }
+
+#[test]
+fn a_stream_that_stops_delivering_is_dropped_and_the_peer_is_no_longer_up() {
+    let mut net = Net::new(2);
+    let now = net.now;
+    let id = net.nodes[0]
+        .send(now, "n1", "before", Duration::from_secs(5))
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.delivered(&id).unwrap().0, Via::Tcp);
+    // The path breaks under an established stream.
+    net.unicast_drop.insert((0, 1));
+    let now = net.now;
+    let id = net.nodes[0]
+        .send(now, "n1", "during", Duration::from_secs(5))
+        .unwrap();
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.delivered(&id).unwrap().0, Via::Courier);
+    let now = net.now;
+    assert_ne!(
+        net.nodes[0].paths.state(now, "n1"),
+        crate::paths::PathState::Up
+    );
+}

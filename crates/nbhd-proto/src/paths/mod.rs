@@ -407,7 +407,7 @@ impl Paths {
             (Health::Broken, Health::Unknown) | (Health::Unknown, Health::Broken) => {
                 Some(format!("unicast between you and {nick} is dropped in at least one direction"))
             }
-            _ if state == PathState::Suspect => Some(format!("a TCP connection to {nick} failed; probing to find out why")),
+            _ if state == PathState::Suspect => Some(format!("a TCP connection to {nick} failed; which direction is not known yet")),
             _ => None,
         };
         let multicast = match (mo, mi) {
