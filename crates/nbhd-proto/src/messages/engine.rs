@@ -36,6 +36,12 @@ pub const AUTH_DOMAIN: &[u8] = b"nbhd stream auth v0\0";
 /// The courier retransmits with backoff from this, doubling, until the receipt or the deadline.
 pub const COURIER_RETRY_FIRST: Duration = Duration::from_millis(250);
 pub const COURIER_RETRY_MAX: Duration = Duration::from_secs(4);
+/// A probe without a reply by then is lost.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How far back "probes you sent me" are counted in an observation.
+pub const OBSERVATION_WINDOW: Duration = Duration::from_secs(60);
+/// After this many lost probes in a row the peer is asked, by courier, what it saw.
+pub const ASK_AFTER_LOST: u32 = 2;
 /// A connect that has not completed by then is a failure (the kernel would wait ~127 s).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -57,6 +63,11 @@ pub enum Action {
     },
     /// Send a frame on the neighborhood multicast channel.
     Courier {
+        bytes: Vec<u8>,
+    },
+    /// Send a path probe (or its reply) by unicast UDP.
+    Probe {
+        addr: SocketAddr,
         bytes: Vec<u8>,
     },
 }
@@ -100,6 +111,8 @@ pub struct PeerInfo {
     pub key: [u8; 32],
     pub instance: String,
     pub addr: SocketAddr,
+    /// Where its path probes go (TXT `probe`), if it announced one.
+    pub probe_addr: Option<SocketAddr>,
 }
 
 struct Conn {
@@ -135,6 +148,14 @@ pub struct Messages {
     deliveries: BTreeMap<String, Delivery>,
     seen: HashSet<(String, String)>,
     pub paths: Paths,
+    /// Probes sent, by sequence: (peer, when).
+    probes_out: BTreeMap<u64, (String, Instant)>,
+    /// When each peer's probes reached us.
+    probes_in: BTreeMap<String, Vec<Instant>>,
+    /// When we last asked each peer for its observations.
+    asked: BTreeMap<String, Instant>,
+    /// When we last probed each peer.
+    probed: BTreeMap<String, Instant>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     rng: SmallRng,
@@ -151,6 +172,10 @@ impl Messages {
             deliveries: BTreeMap::new(),
             seen: HashSet::new(),
             paths: Paths::new(seed ^ 0x5a5a),
+            probes_out: BTreeMap::new(),
+            probes_in: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            probed: BTreeMap::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
             rng: SmallRng::seed_from_u64(seed),
@@ -655,6 +680,10 @@ impl Messages {
             return Ok(()); // a stranger: presence has not told us of it yet
         };
         self.paths.on_multicast_heard(now, &peer);
+        if f.kind == Kind::Observation {
+            self.on_observation(now, &peer, &f.payload);
+            return Ok(());
+        }
         if !matches!(f.kind, Kind::Courier | Kind::CourierReceipt) {
             return Ok(());
         }
@@ -670,6 +699,147 @@ impl Messages {
             }
         }
         Ok(())
+    }
+
+    // ---- path probes and observations (DESIGN.md §4.3) ----
+
+    fn send_probe(&mut self, now: Instant, peer: &str) {
+        let Some((key, addr)) = self
+            .peers
+            .get(peer)
+            .and_then(|p| p.probe_addr.map(|a| (p.key, a)))
+        else {
+            return;
+        };
+        let seq: u64 = self.rng.gen();
+        let repr = frame::Repr {
+            kind: Kind::Probe,
+            sender: self.me.public(),
+            recipient: key,
+            id: seq,
+            payload: Vec::new(),
+        };
+        if let Ok(bytes) = repr.emit(&self.me) {
+            self.probes_out.insert(seq, (peer.to_string(), now));
+            self.probed.insert(peer.to_string(), now);
+            self.actions.push_back(Action::Probe { addr, bytes });
+        }
+    }
+
+    /// A datagram on our probe port.
+    pub fn handle_probe(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), frame::Error> {
+        let f = frame::Repr::parse(bytes)?;
+        if f.recipient != self.me.public() {
+            return Ok(());
+        }
+        let Some(peer) = self
+            .peers
+            .values()
+            .find(|p| p.key == f.sender)
+            .map(|p| p.id.clone())
+        else {
+            return Ok(());
+        };
+        match f.kind {
+            Kind::Probe => {
+                self.paths.on_probe_received(now, &peer);
+                let seen = self.probes_in.entry(peer).or_default();
+                seen.retain(|t| now.saturating_duration_since(*t) < OBSERVATION_WINDOW);
+                seen.push(now);
+                let reply = frame::Repr {
+                    kind: Kind::ProbeReply,
+                    sender: self.me.public(),
+                    recipient: f.sender,
+                    id: f.id,
+                    payload: Vec::new(),
+                };
+                if let Ok(bytes) = reply.emit(&self.me) {
+                    self.actions.push_back(Action::Probe { addr: src, bytes });
+                }
+            }
+            Kind::ProbeReply => {
+                if let Some((p, sent)) = self.probes_out.remove(&f.id) {
+                    if p == peer {
+                        self.paths.on_probe_reply(now, &peer, now - sent);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Observation payload: flags (bit 0: please answer), then u32 probes received from the
+    /// recipient within [`OBSERVATION_WINDOW`].
+    fn send_observation(&mut self, now: Instant, peer: &str, request: bool) {
+        let Some(key) = self.peers.get(peer).map(|p| p.key) else {
+            return;
+        };
+        let count = self.probes_in.get(peer).map_or(0, |v| {
+            v.iter()
+                .filter(|t| now.saturating_duration_since(**t) < OBSERVATION_WINDOW)
+                .count()
+        }) as u32;
+        let mut payload = vec![u8::from(request)];
+        payload.extend_from_slice(&count.to_be_bytes());
+        let id = self.rng.gen();
+        self.courier_frame(Kind::Observation, &key, id, payload);
+    }
+
+    fn on_observation(&mut self, now: Instant, peer: &str, payload: &[u8]) {
+        let (Some(&flags), Some(count)) = (payload.first(), payload.get(1..5)) else {
+            return;
+        };
+        let count = u32::from_be_bytes(count.try_into().expect("four bytes"));
+        // Its count of our probes only means something if we probed it lately.
+        let probed = self
+            .probed
+            .get(peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) < OBSERVATION_WINDOW);
+        if probed {
+            let o = crate::paths::Observation {
+                our_unicast_arrives: Some(count > 0),
+                our_multicast_arrives: Some(true),
+            };
+            self.paths.on_observation(now, peer, o);
+        }
+        if flags & 1 != 0 {
+            // It asks: tell it what we saw, and probe it so it learns whether ours arrive.
+            // Two probes, so that two lost ones let us ask it in turn.
+            self.send_observation(now, peer, false);
+            self.send_probe(now, peer);
+            self.send_probe(now, peer);
+        }
+    }
+
+    fn drive_probes(&mut self, now: Instant) {
+        let lost: Vec<u64> = self
+            .probes_out
+            .iter()
+            .filter(|(_, (_, t))| now.saturating_duration_since(*t) >= PROBE_TIMEOUT)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in lost {
+            let (peer, _) = self.probes_out.remove(&seq).expect("listed");
+            self.paths.on_probe_lost(now, &peer);
+            let ask = self.paths.unanswered_probes(&peer) >= ASK_AFTER_LOST
+                && self
+                    .asked
+                    .get(&peer)
+                    .is_none_or(|t| now.saturating_duration_since(*t) >= PROBE_TIMEOUT * 10);
+            if ask {
+                self.asked.insert(peer.clone(), now);
+                self.send_observation(now, &peer, true);
+            }
+        }
+        for peer in self.paths.due_probes(now) {
+            self.send_probe(now, &peer);
+        }
     }
 
     fn drive_courier(&mut self, now: Instant) {
@@ -705,7 +875,15 @@ impl Messages {
             .filter(|c| !c.authenticated && c.outgoing)
             .map(|c| c.opened + CONNECT_TIMEOUT)
             .min();
-        [d, c].into_iter().flatten().min()
+        let p = self
+            .probes_out
+            .values()
+            .map(|(_, t)| *t + PROBE_TIMEOUT)
+            .min();
+        [d, c, p, self.paths.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -730,6 +908,7 @@ impl Messages {
             self.handle_closed(now, conn, true);
         }
         self.drive_courier(now);
+        self.drive_probes(now);
     }
 }
 

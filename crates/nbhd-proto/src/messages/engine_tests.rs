@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::identity::Identity;
 use crate::messages::stanza::Activity;
-use crate::paths::Via;
+use crate::paths::{Health, Via};
 
 const LATENCY: Duration = Duration::from_millis(1);
 
@@ -31,10 +31,15 @@ enum Delivery {
     Data(ConnId, Vec<u8>),
     Closed(ConnId),
     Courier(Vec<u8>),
+    Probe(SocketAddr, Vec<u8>),
 }
 
 fn addr(i: usize) -> SocketAddr {
     format!("10.0.0.{}:5298", i + 1).parse().unwrap()
+}
+
+fn probe_addr(i: usize) -> SocketAddr {
+    format!("10.0.0.{}:5299", i + 1).parse().unwrap()
 }
 
 impl Net {
@@ -59,6 +64,7 @@ impl Net {
                         key: id.public(),
                         instance: format!("n{j}@lab"),
                         addr: addr(j),
+                        probe_addr: Some(probe_addr(j)),
                     });
                 }
             }
@@ -129,6 +135,18 @@ impl Net {
                                 .push((self.now + LATENCY, j, Delivery::Closed(c)));
                         }
                     }
+                    Action::Probe { addr: to, bytes } => {
+                        let j = (0..self.nodes.len())
+                            .find(|j| probe_addr(*j) == to || addr(*j).ip() == to.ip())
+                            .unwrap();
+                        if !self.unicast_drop.contains(&(i, j)) {
+                            self.inflight.push((
+                                self.now + LATENCY,
+                                j,
+                                Delivery::Probe(probe_addr(i), bytes),
+                            ));
+                        }
+                    }
                     Action::Courier { bytes } => {
                         self.courier_frames += 1;
                         for j in 0..self.nodes.len() {
@@ -170,6 +188,9 @@ impl Net {
                     Delivery::Connected(c) => self.nodes[j].handle_connected(now, c),
                     Delivery::Data(c, b) => self.nodes[j].handle_data(now, c, &b),
                     Delivery::Closed(c) => self.nodes[j].handle_closed(now, c, false),
+                    Delivery::Probe(src, b) => {
+                        let _ = self.nodes[j].handle_probe(now, src, &b);
+                    }
                     Delivery::Courier(b) => {
                         let _ = self.nodes[j].handle_courier(now, &b);
                     }
@@ -286,6 +307,7 @@ fn a_badly_signed_invitation_is_refused_and_a_stranger_cannot_talk() {
         key: fake,
         instance: "n1@lab".into(),
         addr: addr(1),
+        probe_addr: None,
     });
     let now = net.now;
     let _ = net.nodes[0].send(now, "n1", "hello?", Duration::from_secs(3));
@@ -343,4 +365,47 @@ fn a_stream_that_stops_delivering_is_dropped_and_the_peer_is_no_longer_up() {
         net.nodes[0].paths.state(now, "n1"),
         crate::paths::PathState::Up
     );
+}
+
+#[test]
+fn probes_and_observations_name_the_broken_direction_on_both_sides() {
+    let mut net = Net::new(2);
+    net.unicast_drop.insert((0, 1));
+    let now = net.now;
+    // Something is heard by multicast both ways (presence would tell the driver so).
+    net.nodes[0].paths.on_multicast_heard(now, "n1");
+    net.nodes[1].paths.on_multicast_heard(now, "n0");
+    let id = net.nodes[0]
+        .send(now, "n1", "hi", Duration::from_secs(10))
+        .unwrap();
+    net.run_for(Duration::from_secs(40));
+    assert_eq!(net.delivered(&id).unwrap().0, Via::Courier);
+    let now = net.now;
+    let a = net.nodes[0].paths.diagnose(now, "n1", "bob");
+    assert_eq!(a.state, crate::paths::PathState::UnicastBroken, "{a:?}");
+    assert_eq!(
+        (a.unicast_out, a.unicast_in),
+        (Health::Broken, Health::Ok),
+        "{a:?}"
+    );
+    assert_eq!(
+        (a.multicast_out, a.multicast_in),
+        (Health::Ok, Health::Ok),
+        "{a:?}"
+    );
+    assert!(
+        a.text
+            .starts_with("unicast from you to bob is dropped on the way"),
+        "{}",
+        a.text
+    );
+    let b = net.nodes[1].paths.diagnose(now, "n0", "alice");
+    assert_eq!(
+        (b.unicast_out, b.unicast_in),
+        (Health::Ok, Health::Broken),
+        "{b:?}"
+    );
+    assert_eq!(b.state, crate::paths::PathState::UnicastBroken, "{b:?}");
+    // Sticky: the next delivery goes straight by courier.
+    assert_eq!(net.nodes[0].paths.plan(now, "n1").0, Via::Courier);
 }

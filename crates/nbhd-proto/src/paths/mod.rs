@@ -26,6 +26,8 @@ pub const PROBE_IDLE_FIRST: Duration = Duration::from_secs(60);
 pub const PROBE_IDLE_MAX: Duration = Duration::from_secs(600);
 /// Evidence older than this no longer decides anything.
 pub const EVIDENCE_TTL: Duration = Duration::from_secs(300);
+/// Good news younger than this outweighs lost probes.
+pub const FRESH: Duration = Duration::from_secs(20);
 /// Consecutive unanswered probes before a direction counts as broken.
 pub const PROBES_TO_BREAK: u32 = 2;
 
@@ -100,6 +102,12 @@ impl Evidence {
 
     fn broken(&mut self, now: Instant) {
         self.broken_at = Some(now);
+    }
+
+    fn ok_within(&self, now: Instant, d: Duration) -> bool {
+        self.ok_at
+            .is_some_and(|t| now.saturating_duration_since(t) < d)
+            && self.broken_at.is_none()
     }
 
     fn health(&self, now: Instant) -> Health {
@@ -228,26 +236,26 @@ impl Paths {
         p.unanswered_probes += 1;
         if p.unanswered_probes >= PROBES_TO_BREAK {
             // Either our probes die on the way, or its replies do. Its own probes reaching us
-            // (on_probe_received) or its observation says which; until then both are suspect,
-            // and TCP, which needs both, is certainly out.
-            if p.unicast_in.health(now) == Health::Ok {
+            // (on_probe_received) or its observation (on_observation) says which; until then
+            // both directions without fresh good news count as broken, and TCP, which needs
+            // both, is certainly out.
+            if !p.unicast_out.ok_within(now, FRESH) {
                 p.unicast_out.broken(now);
-            } else if p.unicast_out.health(now) != Health::Ok {
-                p.unicast_out.broken(now);
-                if p.unicast_in.health(now) == Health::Unknown {
-                    p.unicast_in.broken(now);
-                }
+            }
+            if !p.unicast_in.ok_within(now, FRESH) {
+                p.unicast_in.broken(now);
             }
         }
     }
 
     /// The peer's probe reached us: unicast from it to us works.
     pub fn on_probe_received(&mut self, now: Instant, id: &str) {
-        let p = self.peer(id);
-        p.unicast_in.ok(now);
-        if p.unanswered_probes >= PROBES_TO_BREAK {
-            p.unicast_out.broken(now); // ours do not get through, theirs do
-        }
+        self.peer(id).unicast_in.ok(now);
+    }
+
+    /// Unanswered probes in a row (the driver asks the peer for its observations after a few).
+    pub fn unanswered_probes(&self, id: &str) -> u32 {
+        self.peers.get(id).map_or(0, |p| p.unanswered_probes)
     }
 
     /// We heard the peer's multicast (mDNS or the neighborhood channel).
