@@ -62,6 +62,8 @@ struct Daemon {
     courier: MdnsSocket,
     streams: Streams,
     waiting: HashMap<String, Waiting>,
+    /// Probes to send: the loop owns the probe socket and drains this after each turn.
+    probe_out: Vec<(SocketAddr, Vec<u8>)>,
     store: Store,
     ifaces: BTreeMap<u32, Iface>,
     wanted_ifaces: Vec<String>,
@@ -96,6 +98,13 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
     // messaging engine serves it.
     let p2pj = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))
         .map_err(|e| DaemonError::other("binding the XEP-0174 listener", e))?;
+    // Path probes (DESIGN.md §4.3): unicast UDP on a port of our own, announced in TXT.
+    let probe_sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .map_err(|e| DaemonError::other("binding the probe socket", e))?;
+    let probe_port = probe_sock
+        .local_addr()
+        .map_err(|e| DaemonError::other("probe socket", e))?
+        .port();
     let port = p2pj
         .local_addr()
         .map_err(|e| DaemonError::other("XEP-0174 listener", e))?
@@ -139,7 +148,12 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         instance,
         hostname,
         port,
-        txt: presence::xep0174_txt(port, &nick, &opts.status, &opts.msg, &identity.peer_id()),
+        txt: {
+            let mut txt =
+                presence::xep0174_txt(port, &nick, &opts.status, &opts.msg, &identity.peer_id());
+            txt.push(("probe".into(), probe_port.to_string()));
+            txt
+        },
         host_ttl: opts.record_ttl.unwrap_or(presence::DEFAULT_HOST_TTL),
         other_ttl: opts.record_ttl.unwrap_or(presence::DEFAULT_OTHER_TTL),
         seed: u64::from_le_bytes(identity.public()[..8].try_into().unwrap_or([0; 8]))
@@ -164,6 +178,7 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         courier,
         streams: Streams::new(net_tx.clone()),
         waiting: HashMap::new(),
+        probe_out: Vec::new(),
         store,
         ifaces: BTreeMap::new(),
         wanted_ifaces: opts.ifaces.clone(),
@@ -194,6 +209,10 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
     let listener = tokio::net::TcpListener::from_std(p2pj)
         .map_err(|e| DaemonError::other("XEP-0174 listener", e))?;
     tokio::spawn(delivery::accept(listener, net_tx));
+    let _ = probe_sock.set_nonblocking(true);
+    let probe_sock = tokio::net::UdpSocket::from_std(probe_sock)
+        .map_err(|e| DaemonError::other("probe socket", e))?;
+    let mut pbuf = vec![0u8; 2048];
 
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| DaemonError::other("signal handler", e))?;
@@ -206,6 +225,21 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
 
     loop {
         d.flush();
+        for (addr, bytes) in d.probe_out.drain(..) {
+            if let Err(e) = probe_sock.try_send_to(&bytes, addr) {
+                tracing::debug!(%addr, "probe send failed: {e}");
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+                ) {
+                    // A local refusal is evidence too (DESIGN.md §4.3).
+                    if let Some(p) = d.presence.peers().find(|p| p.addrs.contains(&addr.ip())) {
+                        let id = p.id.clone();
+                        d.messages.paths.on_local_send_error(Instant::now(), &id);
+                    }
+                }
+            }
+        }
         let timeout = [d.presence.poll_timeout(), d.messages.poll_timeout()]
             .into_iter()
             .flatten()
@@ -232,6 +266,11 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
                 Err(e) => tracing::warn!("courier receive failed: {e}"),
             },
             Some(ev) = net_rx.recv() => d.on_net(ev),
+            r = probe_sock.recv_from(&mut pbuf) => if let Ok((n, src)) = r {
+                if let Err(e) = d.messages.handle_probe(Instant::now(), src, &pbuf[..n]) {
+                    tracing::debug!(%src, "dropped probe: {e}");
+                }
+            },
             _ = sleep => {
                 let now = Instant::now();
                 d.presence.handle_timeout(now);
@@ -403,7 +442,10 @@ impl Daemon {
             .filter_map(|i| i.addrs.first().copied())
             .collect();
         while let Some(a) = self.messages.poll_action() {
-            self.streams.act(a, &self.courier, &vias);
+            match a {
+                messages::Action::Probe { addr, bytes } => self.probe_out.push((addr, bytes)),
+                other => self.streams.act(other, &self.courier, &vias),
+            }
         }
         while let Some(e) = self.messages.poll_event() {
             self.on_message_event(e);
@@ -424,6 +466,12 @@ impl Daemon {
             id: p.id.clone(),
             key,
             instance: p.instance.clone(),
+            probe_addr: p
+                .txt
+                .iter()
+                .find(|(k, _)| k == "probe")
+                .and_then(|(_, v)| v.parse::<u16>().ok())
+                .map(|port| SocketAddr::new(*ip, port)),
             addr: SocketAddr::new(*ip, p.port),
         });
     }

@@ -72,6 +72,8 @@ impl Streams {
                 // Dropping the writer ends the writer task, which shuts the stream down.
                 self.writers.remove(&conn);
             }
+            // Probes go out through the event loop, which owns the probe socket.
+            Action::Probe { .. } => {}
             Action::Courier { bytes } => {
                 for via in vias {
                     if let Err(e) = courier.send_multicast(*via, &bytes) {

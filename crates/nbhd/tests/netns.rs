@@ -623,17 +623,66 @@ fn netns_invitations_survive_the_seed_black_hole_by_courier() {
     // Alice to carol still goes by TCP.
     let (code, v) = nbhd_json(&lab, 0, &["send", "carol", "hi", "--timeout", "10"]);
     assert_eq!((code, v["via"].as_str()), (Some(0), Some("tcp")), "{v}");
-    let (_, doctor) = nbhd_json(&lab, 0, &["doctor"]);
-    eprintln!("FIGURE alice's doctor: {doctor}");
-    let row = doctor
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["nick"] == "bob")
-        .unwrap()
-        .clone();
-    assert_ne!(
-        row["state"], "up",
-        "the stream that stopped delivering is not trusted: {row}"
+    // Doctor: probes and the peers' observations name the direction, on both sides.
+    let row_for = |host: usize, nick: &str| -> Value {
+        let (_, doctor) = nbhd_json(&lab, host, &["doctor"]);
+        doctor
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["nick"] == nick).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let want_a = |r: &Value| {
+        r["state"] == "unicast-broken"
+            && r["unicast_out"] == "broken"
+            && r["unicast_in"] == "ok"
+            && r["multicast_out"] == "ok"
+            && r["multicast_in"] == "ok"
+    };
+    let want_b = |r: &Value| {
+        r["state"] == "unicast-broken" && r["unicast_out"] == "ok" && r["unicast_in"] == "broken"
+    };
+    let took = wait_for(Duration::from_secs(60), || {
+        want_a(&row_for(0, "bob")) && want_b(&row_for(1, "alice"))
+    });
+    let (a, b) = (row_for(0, "bob"), row_for(1, "alice"));
+    eprintln!("FIGURE alice's doctor row for bob: {a}");
+    eprintln!("FIGURE bob's doctor row for alice: {b}");
+    assert!(
+        took.is_some(),
+        "doctor did not name the direction:\nalice: {a}\nbob: {b}"
     );
+    assert!(
+        a["diagnosis"].as_str().unwrap().starts_with(
+            "unicast from you to bob is dropped on the way (your probes never arrive; bob's reach you), \
+             so TCP is impossible both ways; multicast works both ways; messages go by courier"
+        ),
+        "{a}"
+    );
+    let out = nbhd(&lab, 0, &data_dir(&lab, 0), &["doctor"]);
+    eprintln!(
+        "FIGURE alice's nbhd doctor:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Healing: the rule goes; with one message every 5 s, deliveries are back on TCP and the
+    // doctor says up within 30 s.
+    lab.clear_faults().unwrap();
+    let healed_at = Instant::now();
+    let mut back = None;
+    for k in 0..8 {
+        let (code, v) = nbhd_json(
+            &lab,
+            0,
+            &["send", "bob", &format!("tick {k}"), "--timeout", "10"],
+        );
+        assert_eq!(code, Some(0), "{v}");
+        if v["via"] == "tcp" && row_for(0, "bob")["state"] == "up" {
+            back = Some(healed_at.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let back = back.expect("back on TCP and up within 40 s");
+    eprintln!("FIGURE healed: deliveries back on tcp and doctor up {back:?} after the rule went");
+    assert!(back <= Duration::from_secs(30), "{back:?}");
 }
