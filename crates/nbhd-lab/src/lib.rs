@@ -285,17 +285,28 @@ impl Lab {
     /// Starts counting the mDNS packets (UDP port 5353) that hosts send into the bridge: each
     /// datagram once, as it enters (bridge prerouting), however many ports it is flooded to.
     pub fn count_mdns(&self) -> io::Result<()> {
-        let script = format!(
-            "add table bridge {COUNT_TABLE}\n\
-             add counter bridge {COUNT_TABLE} mdns\n\
-             add chain bridge {COUNT_TABLE} lab_prerouting {{ type filter hook prerouting priority 0; policy accept; }}\n\
-             add rule bridge {COUNT_TABLE} lab_prerouting udp dport 5353 counter name \"mdns\"\n"
-        );
-        self.nft(&self.bridge_ns, &script)
+        self.count_udp(5353)
     }
 
     /// (packets, bytes) counted since [`Lab::count_mdns`]; bytes are whole Ethernet frames.
     pub fn mdns_counter(&self) -> io::Result<(u64, u64)> {
+        self.udp_counter(5353)
+    }
+
+    /// Starts counting UDP datagrams to `port` entering the bridge.
+    pub fn count_udp(&self, port: u16) -> io::Result<()> {
+        let script = format!(
+            "add table bridge {COUNT_TABLE}\n\
+             add counter bridge {COUNT_TABLE} udp{port}\n\
+             add chain bridge {COUNT_TABLE} lab_prerouting {{ type filter hook prerouting priority 0; policy accept; }}\n\
+             add rule bridge {COUNT_TABLE} lab_prerouting udp dport {port} counter name \"udp{port}\"\n"
+        );
+        self.nft(&self.bridge_ns, &script)
+    }
+
+    /// (packets, bytes) counted since [`Lab::count_udp`] for `port`.
+    pub fn udp_counter(&self, port: u16) -> io::Result<(u64, u64)> {
+        let name = format!("udp{port}");
         let out = run(Command::new("ip").args([
             "netns",
             "exec",
@@ -305,13 +316,13 @@ impl Lab {
             "counter",
             "bridge",
             COUNT_TABLE,
-            "mdns",
+            &name,
         ]))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let field = |name: &str| -> Option<u64> {
+        let field = |key: &str| -> Option<u64> {
             let mut words = text.split_whitespace();
             while let Some(w) = words.next() {
-                if w == name {
+                if w == key {
                     return words.next().and_then(|v| v.parse().ok());
                 }
             }

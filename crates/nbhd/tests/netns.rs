@@ -686,3 +686,92 @@ fn netns_invitations_survive_the_seed_black_hole_by_courier() {
     eprintln!("FIGURE healed: deliveries back on tcp and doctor up {back:?} after the rule went");
     assert!(back <= Duration::from_secs(30), "{back:?}");
 }
+
+#[test]
+fn netns_messages_use_no_courier_when_healthy_survive_loss_and_never_wait_for_a_frozen_peer() {
+    if skip_unless_root(
+        "netns_messages_use_no_courier_when_healthy_survive_loss_and_never_wait_for_a_frozen_peer",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    let mut pids = Vec::new();
+    for (i, n) in ["alice", "bob", "carol"].iter().enumerate() {
+        pids.push(start(&mut lab, i, n, &[]));
+    }
+    wait_for(Duration::from_secs(20), || {
+        (0..3).all(|i| nicks(&lab, i).len() == 2)
+    })
+    .expect("all see all");
+    lab.count_udp(7641).unwrap();
+
+    // Healthy: TCP, and not one courier frame on the wire.
+    let mut lat = Vec::new();
+    for k in 0..10 {
+        let (code, v) = nbhd_json(
+            &lab,
+            0,
+            &["invite", "bob", &format!("h{k}"), "--timeout", "10"],
+        );
+        assert_eq!((code, v["via"].as_str()), (Some(0), Some("tcp")), "{v}");
+        lat.push(v["latency_ms"].as_u64().unwrap());
+    }
+    let (frames, _) = lab.udp_counter(7641).unwrap();
+    eprintln!("FIGURE healthy: 10 invitations over tcp, latencies {lat:?} ms, courier frames on the wire: {frames}");
+    assert_eq!(frames, 0);
+
+    // 20 % loss on every host: still all delivered, each exactly once.
+    for i in 0..3 {
+        lab.loss(i, 20).unwrap();
+    }
+    let mut ids = Vec::new();
+    let mut vias = Vec::new();
+    for k in 0..20 {
+        let (code, v) = nbhd_json(
+            &lab,
+            0,
+            &["invite", "bob", &format!("lossy{k}"), "--timeout", "20"],
+        );
+        assert_eq!(code, Some(0), "lossy invitation {k}: {v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+        vias.push(v["via"].as_str().unwrap().to_string());
+    }
+    lab.clear_faults().unwrap();
+    let (_, inv) = nbhd_json(&lab, 1, &["invitations"]);
+    let rows = inv.as_array().cloned().unwrap_or_default();
+    for id in &ids {
+        assert_eq!(
+            rows.iter().filter(|r| r["id"] == id.as_str()).count(),
+            1,
+            "{id} shown once"
+        );
+    }
+    eprintln!("FIGURE 20 % loss everywhere: 20 of 20 delivered, each shown once; via {vias:?}");
+
+    // Bob frozen: a send to bob waits (in the background) while one to carol completes at once.
+    lab.signal(pids[1], libc::SIGSTOP);
+    let mut slow = lab.command(0, NBHD);
+    slow.arg("--data-dir").arg(data_dir(&lab, 0)).args([
+        "send",
+        "bob",
+        "are you there",
+        "--timeout",
+        "8",
+    ]);
+    let slow_pid = lab
+        .spawn_command(slow, &lab.dir.join("slow-send.log"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let (code, v) = nbhd_json(&lab, 0, &["send", "carol", "hi carol", "--timeout", "8"]);
+    let took = t.elapsed();
+    eprintln!("FIGURE bob frozen: send to carol took {took:?} ({v})");
+    assert_eq!(code, Some(0), "{v}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(
+        lab.wait_exit(slow_pid, Duration::from_secs(20)),
+        Some(1),
+        "the send to frozen bob fails at its timeout"
+    );
+    lab.signal(pids[1], libc::SIGCONT);
+}
