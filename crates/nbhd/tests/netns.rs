@@ -775,3 +775,45 @@ fn netns_messages_use_no_courier_when_healthy_survive_loss_and_never_wait_for_a_
     );
     lab.signal(pids[1], libc::SIGCONT);
 }
+
+#[test]
+fn netns_hostile_stream_peers_get_a_stream_error_and_the_daemon_keeps_serving() {
+    if skip_unless_root(
+        "netns_hostile_stream_peers_get_a_stream_error_and_the_daemon_keeps_serving",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    start(&mut lab, 0, "alice", &[]);
+    start(&mut lab, 1, "bob", &[]);
+    wait_for(Duration::from_secs(20), || nicks(&lab, 0) == ["bob"]).expect("alice sees bob");
+    let port = peers(&lab, 0)[0]["port"].as_u64().unwrap().to_string();
+    let bob_ip = lab.host(1).ip.to_string();
+    for case in ["malformed", "endless", "bomb", "unproven"] {
+        let out = lab
+            .exec(
+                2,
+                &["python3", &support("hostile.py"), &bob_ip, &port, case],
+            )
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!(
+            "FIGURE hostile peer ({case}): {}",
+            text.trim().replace('\n', ", ")
+        );
+        assert!(
+            text.contains("stream-error") && text.contains("closed"),
+            "{case}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let log = read(&lab.dir.join("nbhd-h2-bob.log"));
+    assert!(log.contains("refused"), "bob logs what it refused");
+    // Still serving: alice's invitation arrives.
+    let (code, v) = nbhd_json(
+        &lab,
+        0,
+        &["invite", "bob", "after the storm", "--timeout", "10"],
+    );
+    assert_eq!((code, v["via"].as_str()), (Some(0), Some("tcp")), "{v}");
+}
