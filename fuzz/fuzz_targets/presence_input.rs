@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
             host_ttl: 120,
             other_ttl: 4500,
             seed: 1,
+            reannounce: true,
         },
         now,
     );

@@ -156,6 +156,7 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         },
         host_ttl: opts.record_ttl.unwrap_or(presence::DEFAULT_HOST_TTL),
         other_ttl: opts.record_ttl.unwrap_or(presence::DEFAULT_OTHER_TTL),
+        reannounce: true,
         seed: u64::from_le_bytes(identity.public()[..8].try_into().unwrap_or([0; 8]))
             ^ view::unix_ms(),
     };

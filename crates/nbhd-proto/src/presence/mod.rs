@@ -57,6 +57,11 @@ const LEGACY_UNICAST_TTL: u32 = 10; // RFC 6762 §6.7
 const BROWSE_FIRST_MS: (u64, u64) = (20, 120); // RFC 6762 §5.2
 const BROWSE_MAX_INTERVAL: Duration = Duration::from_secs(3600); // RFC 6762 §5.2
 const RESOLVE_ATTEMPTS: u8 = 3;
+/// The owner says its records again at this share of their TTL, before observers' refresh
+/// queries (80 % and later, RFC 6762 §5.2) would have to ask for them.
+const REANNOUNCE_PERCENT: u32 = 75;
+/// Records due within this many percent more of their TTL join the same re-announcement.
+const REANNOUNCE_BATCH_PERCENT: u32 = 5;
 /// A record whose refresh falls within this share of its TTL is refreshed with its peer's other
 /// records that are due now.
 const REFRESH_COALESCE_PERCENT: u32 = 5;
@@ -82,6 +87,9 @@ pub struct Config {
     pub host_ttl: u32,
     pub other_ttl: u32,
     pub seed: u64,
+    /// Say our records again before observers would refresh them (one packet instead of a
+    /// query and its answer per record lifetime). Off: plain RFC 6762, observers ask.
+    pub reannounce: bool,
 }
 
 /// Where a datagram goes.
@@ -420,6 +428,9 @@ impl Presence {
                 LinkState::Probing { at, .. } | LinkState::Announcing { at, .. } => take(at),
                 LinkState::Ready => {}
             }
+            if let Some(at) = self.reannounce_at(link) {
+                take(at);
+            }
             if let Some(p) = &link.pending {
                 take(p.at);
             }
@@ -513,6 +524,7 @@ impl Presence {
         let ifaces: Vec<IfaceId> = self.links.keys().copied().collect();
         for iface in ifaces {
             self.drive_claim(now, iface);
+            self.drive_reannounce(now, iface);
             // Known-answer waits whose time is up (RFC 6762 §7.2).
             let due: Vec<TcWait> = {
                 let link = self.links.get_mut(&iface).expect("iface listed above");
@@ -576,6 +588,56 @@ impl Presence {
             }
             _ => {}
         }
+    }
+
+    /// When our records on a link need saying again: at [`REANNOUNCE_PERCENT`] of the TTL since
+    /// each was last multicast. The owner speaking once costs one packet; every observer's
+    /// refresh (RFC 6762 §5.2, at 80 % and later) would cost a query and its answer. Observers
+    /// still query, and still drop us, if we fall silent.
+    fn reannounce_at(&self, link: &Link) -> Option<Instant> {
+        if link.state != LinkState::Ready || !self.config.reannounce {
+            return None;
+        }
+        link.last_multicast
+            .iter()
+            .map(|((_, data), at)| {
+                let ttl = match data {
+                    RecordData::Srv { .. } | RecordData::A(_) | RecordData::Aaaa(_) => {
+                        self.config.host_ttl
+                    }
+                    _ => self.config.other_ttl,
+                };
+                *at + Duration::from_secs(ttl as u64) * REANNOUNCE_PERCENT / 100
+            })
+            .min()
+    }
+
+    fn drive_reannounce(&mut self, now: Instant, iface: IfaceId) {
+        let Some(link) = self.links.get(&iface) else {
+            return;
+        };
+        if self.reannounce_at(link).is_none_or(|t| t > now) {
+            return;
+        }
+        // Everything due within a few percent more goes in the same packet.
+        let batch = REANNOUNCE_PERCENT - REANNOUNCE_BATCH_PERCENT;
+        let records: Vec<Record> = self
+            .own_records(iface)
+            .into_iter()
+            .filter(|r| {
+                let last = link.last_multicast.get(&(r.name.clone(), r.data.clone()));
+                last.is_none_or(|at| *at + Duration::from_secs(r.ttl as u64) * batch / 100 <= now)
+            })
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        self.note_multicast(now, iface, &records);
+        let msg = Message {
+            answers: records,
+            ..Message::response()
+        };
+        self.send_split(iface, Destination::Multicast, msg);
     }
 
     fn set_state(&mut self, iface: IfaceId, state: LinkState) {

@@ -22,6 +22,7 @@ fn config(nick: &str, i: usize, ttl: Option<u32>) -> Config {
         host_ttl: ttl.unwrap_or(DEFAULT_HOST_TTL),
         other_ttl: ttl.unwrap_or(DEFAULT_OTHER_TTL),
         seed: 1000 + i as u64,
+        reannounce: true,
     }
 }
 
@@ -666,6 +667,9 @@ fn steady_state_traffic_is_linear_in_the_number_of_peers() {
         lan.run_for(Duration::from_secs(120));
         let since = lan.now;
         lan.run_for(Duration::from_secs(600));
+        for i in 0..n {
+            assert_eq!(lan.peers(i).len(), n - 1, "node {i} lost peers");
+        }
         lan.log.iter().filter(|e| e.0 >= since).count() as f64
     };
     let (c8, c16) = (count(8), count(16));
@@ -880,7 +884,10 @@ fn a_browse_from_a_peer_that_knows_no_more_than_we_do_suppresses_ours() {
 #[test]
 fn a_peers_records_are_refreshed_together_once_per_ttl() {
     let ttl = 100;
-    let mut lan = Lan::new(vec![config("a", 0, Some(ttl)), config("b", 1, Some(ttl))]);
+    // b stays silent between its answers, as a plain RFC 6762 responder does, so a must ask.
+    let mut b = config("b", 1, Some(ttl));
+    b.reannounce = false;
+    let mut lan = Lan::new(vec![config("a", 0, Some(ttl)), b]);
     lan.run_for(Duration::from_secs(5));
     let since = lan.now;
     let periods = 6;
@@ -901,4 +908,40 @@ fn a_peers_records_are_refreshed_together_once_per_ttl() {
         "{queries} refresh queries in {periods} TTLs"
     );
     assert_eq!(lan.peers(0), vec!["b@lab"]);
+}
+
+#[test]
+fn an_owner_that_reannounces_spares_every_observer_its_refresh_queries() {
+    let ttl = 100;
+    let mut lan = Lan::new(vec![
+        config("a", 0, Some(ttl)),
+        config("b", 1, Some(ttl)),
+        config("c", 2, Some(ttl)),
+    ]);
+    lan.run_for(Duration::from_secs(5));
+    let since = lan.now;
+    let periods = 6u64;
+    lan.run_for(Duration::from_secs(ttl as u64 * periods));
+    let refreshes = lan
+        .log
+        .iter()
+        .filter(|(t, _, m)| *t >= since && !m.response)
+        .filter(|(_, _, m)| m.questions.iter().any(|q| q.qtype != TYPE_PTR))
+        .count();
+    let responses = lan
+        .log
+        .iter()
+        .filter(|(t, _, m)| *t >= since && m.response)
+        .count();
+    // One re-announcement per node per 75 % of the TTL; no refresh query for SRV, TXT or
+    // addresses at all (the only queries left are the rare, doubling browse for new peers).
+    assert_eq!(refreshes, 0);
+    let per_node_period = responses as f64 / 3.0 / periods as f64;
+    assert!(
+        per_node_period <= 1.5,
+        "{responses} responses: {per_node_period:.2} per node per TTL"
+    );
+    for i in 0..3 {
+        assert_eq!(lan.peers(i).len(), 2);
+    }
 }
