@@ -13,19 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nbhd_bench::nbhd_bin;
 use nbhd_lab::{is_root, wait_for, Lab};
-
-fn nbhd_bin() -> PathBuf {
-    let p = std::env::current_exe()
-        .expect("own path")
-        .with_file_name("nbhd");
-    assert!(
-        p.exists(),
-        "{} not built: cargo build --release -p nbhd -p nbhd-bench",
-        p.display()
-    );
-    p
-}
 
 fn nbhd(lab: &Lab, i: usize, dir: &Path, args: &[&str]) -> std::process::Output {
     let mut c = lab.command(i, nbhd_bin().to_str().expect("utf-8"));

@@ -16,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nbhd_bench::nbhd_bin;
 use nbhd_lab::{is_root, wait_for, Lab};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,18 +68,6 @@ fn all_time(log: &Path) -> Option<f64> {
     read(log)
         .lines()
         .find_map(|l| l.strip_prefix("all ").and_then(|t| t.trim().parse().ok()))
-}
-
-fn nbhd_bin() -> PathBuf {
-    let p = std::env::current_exe()
-        .expect("own path")
-        .with_file_name("nbhd");
-    assert!(
-        p.exists(),
-        "{} not built: cargo build --release -p nbhd -p nbhd-bench",
-        p.display()
-    );
-    p
 }
 
 /// Starts the stack on every host; returns the logs that will say "all" (zeroconf, avahi) or,

@@ -1,0 +1,16 @@
+//! What the benchmark programs share: finding the `nbhd` binary they measure.
+
+use std::path::PathBuf;
+
+/// The `nbhd` built beside the running benchmark (`cargo build --release -p nbhd -p nbhd-bench`).
+pub fn nbhd_bin() -> PathBuf {
+    let p = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("nbhd");
+    assert!(
+        p.exists(),
+        "{} not built: cargo build --release -p nbhd -p nbhd-bench",
+        p.display()
+    );
+    p
+}
