@@ -62,8 +62,8 @@ struct Daemon {
     courier: MdnsSocket,
     streams: Streams,
     waiting: HashMap<String, Waiting>,
-    /// Probes to send: the loop owns the probe socket and drains this after each turn.
-    probe_out: Vec<(SocketAddr, Vec<u8>)>,
+    /// Unicast UDP for path probes, its port announced in TXT `probe`.
+    probe_sock: tokio::net::UdpSocket,
     store: Store,
     ifaces: BTreeMap<u32, Iface>,
     wanted_ifaces: Vec<String>,
@@ -179,7 +179,11 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         courier,
         streams: Streams::new(net_tx.clone()),
         waiting: HashMap::new(),
-        probe_out: Vec::new(),
+        probe_sock: {
+            let _ = probe_sock.set_nonblocking(true);
+            tokio::net::UdpSocket::from_std(probe_sock)
+                .map_err(|e| DaemonError::other("probe socket", e))?
+        },
         store,
         ifaces: BTreeMap::new(),
         wanted_ifaces: opts.ifaces.clone(),
@@ -210,9 +214,6 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
     let listener = tokio::net::TcpListener::from_std(p2pj)
         .map_err(|e| DaemonError::other("XEP-0174 listener", e))?;
     tokio::spawn(delivery::accept(listener, net_tx));
-    let _ = probe_sock.set_nonblocking(true);
-    let probe_sock = tokio::net::UdpSocket::from_std(probe_sock)
-        .map_err(|e| DaemonError::other("probe socket", e))?;
     let mut pbuf = vec![0u8; 2048];
 
     let mut sigint =
@@ -226,21 +227,6 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
 
     loop {
         d.flush();
-        for (addr, bytes) in d.probe_out.drain(..) {
-            if let Err(e) = probe_sock.try_send_to(&bytes, addr) {
-                tracing::debug!(%addr, "probe send failed: {e}");
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EPERM) | Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
-                ) {
-                    // A local refusal is evidence too (DESIGN.md §4.3).
-                    if let Some(p) = d.presence.peers().find(|p| p.addrs.contains(&addr.ip())) {
-                        let id = p.id.clone();
-                        d.messages.paths.on_local_send_error(Instant::now(), &id);
-                    }
-                }
-            }
-        }
         let timeout = [d.presence.poll_timeout(), d.messages.poll_timeout()]
             .into_iter()
             .flatten()
@@ -267,7 +253,7 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
                 Err(e) => tracing::warn!("courier receive failed: {e}"),
             },
             Some(ev) = net_rx.recv() => d.on_net(ev),
-            r = probe_sock.recv_from(&mut pbuf) => if let Ok((n, src)) = r {
+            r = d.probe_sock.recv_from(&mut pbuf) => if let Ok((n, src)) = r {
                 if let Err(e) = d.messages.handle_probe(Instant::now(), src, &pbuf[..n]) {
                     tracing::debug!(%src, "dropped probe: {e}");
                 }
@@ -444,12 +430,29 @@ impl Daemon {
             .collect();
         while let Some(a) = self.messages.poll_action() {
             match a {
-                messages::Action::Probe { addr, bytes } => self.probe_out.push((addr, bytes)),
+                messages::Action::Probe { addr, bytes } => self.send_probe(addr, &bytes),
                 other => self.streams.act(other, &self.courier, &vias),
             }
         }
         while let Some(e) = self.messages.poll_event() {
             self.on_message_event(e);
+        }
+    }
+
+    fn send_probe(&mut self, addr: SocketAddr, bytes: &[u8]) {
+        let Err(e) = self.probe_sock.try_send_to(bytes, addr) else {
+            return;
+        };
+        tracing::debug!(%addr, "probe send failed: {e}");
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM) | Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)
+        ) {
+            // A local refusal is evidence too (DESIGN.md §4.3).
+            if let Some(p) = self.presence.peers().find(|p| p.addrs.contains(&addr.ip())) {
+                let id = p.id.clone();
+                self.messages.paths.on_local_send_error(Instant::now(), &id);
+            }
         }
     }
 
