@@ -63,7 +63,7 @@ enum Command {
     },
     /// List the peers seen now (never ourselves)
     Peers,
-    /// Follow peer events (peer-up, peer-down, peer-changed) until interrupted
+    /// Follow events (peer-up, peer-down, peer-changed, message, invitation) until interrupted
     Events,
     /// Send a 1:1 message; exits 0 once its receipt arrives, 1 if none came in time
     #[command(
@@ -72,7 +72,9 @@ enum Command {
         1 if none came within --timeout. PEER is a nick, an instance name or a prefix of a peer id."
     )]
     Send {
+        /// A nick, an instance name or a prefix of a peer id
         peer: String,
+        /// The message
         text: String,
         /// Give up (on every path) after this many seconds
         #[arg(long, value_name = "S", default_value_t = 10.0)]
@@ -80,7 +82,9 @@ enum Command {
     },
     /// Invite a peer to an activity; exits 0 once its receipt arrives
     Invite {
+        /// A nick, an instance name or a prefix of a peer id
         peer: String,
+        /// The activity's name (carried as it is until shared activities exist)
         activity: String,
         /// Give up (on every path) after this many seconds
         #[arg(long, value_name = "S", default_value_t = 10.0)]
@@ -430,6 +434,24 @@ fn print_peers(peers: &Value) {
 }
 
 fn human_event(ev: &Value) -> String {
+    let kind = ev["type"].as_str().unwrap_or("?");
+    let from = ev["from_nick"].as_str().unwrap_or("?");
+    match kind {
+        "message" => {
+            return format!(
+                "{kind:<13} from {from}: {}",
+                ev["text"].as_str().unwrap_or("")
+            )
+        }
+        "invitation" => {
+            return format!(
+                "{kind:<13} from {from}: {} (via {})",
+                ev["activity"]["name"].as_str().unwrap_or("?"),
+                ev["via"].as_str().unwrap_or("?")
+            )
+        }
+        _ => {}
+    }
     let p = &ev["peer"];
     let addrs: Vec<&str> = p["addrs"]
         .as_array()
