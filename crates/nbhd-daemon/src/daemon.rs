@@ -526,13 +526,14 @@ impl Daemon {
                 activity,
                 reason,
                 via,
+                relayed_by,
             } => {
-                tracing::info!(%from, %id, activity = %activity.name, via = via.as_str(), "invitation");
+                tracing::info!(%from, %id, activity = %activity.name, via = via.as_str(), relayed_by = ?relayed_by, "invitation");
                 let nick = self.nick_of(&from);
                 let row = json!({
                     "id": id, "from": from, "from_nick": nick,
                     "activity": {"id": activity.id, "name": activity.name, "type": activity.kind},
-                    "reason": reason, "via": via.as_str(), "relayed_by": null, "received_at": at,
+                    "reason": reason, "via": via.as_str(), "relayed_by": relayed_by, "received_at": at,
                 });
                 if let Err(e) = self.store.add_invitation(&from, &id, &row) {
                     tracing::error!("storing an invitation: {e}");

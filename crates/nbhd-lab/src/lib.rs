@@ -266,6 +266,19 @@ impl Lab {
         self.nft(&self.bridge_ns, &script)
     }
 
+    /// Silently drops UDP datagrams to `port` from host `a` on their way out of the bridge
+    /// towards host `b` (multicast included: the bridge floods, this port alone is cut).
+    pub fn drop_udp_towards(&self, a: usize, b: usize, port: u16) -> io::Result<()> {
+        let script = format!(
+            "add table bridge {FAULT_TABLE}\n\
+             add chain bridge {FAULT_TABLE} lab_forward {{ type filter hook forward priority 0; policy accept; }}\n\
+             add rule bridge {FAULT_TABLE} lab_forward ip saddr {} oifname \"h{}\" udp dport {port} drop\n",
+            self.hosts[a].ip,
+            b + 1
+        );
+        self.nft(&self.bridge_ns, &script)
+    }
+
     /// Drops `percent` % of the packets host `i` receives on its lab interface.
     pub fn loss(&self, i: usize, percent: u8) -> io::Result<()> {
         // nft's `numgen random mod 100` is 0..=99, so `< 100` is out of its range: plain drop.

@@ -817,3 +817,44 @@ fn netns_hostile_stream_peers_get_a_stream_error_and_the_daemon_keeps_serving() 
     );
     assert_eq!((code, v["via"].as_str()), (Some(0), Some("tcp")), "{v}");
 }
+
+#[test]
+fn netns_with_neither_tcp_nor_courier_an_invitation_goes_through_a_relay() {
+    if skip_unless_root("netns_with_neither_tcp_nor_courier_an_invitation_goes_through_a_relay") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    for (i, n) in ["alice", "bob", "carol"].iter().enumerate() {
+        start(&mut lab, i, n, &[]);
+    }
+    wait_for(Duration::from_secs(20), || {
+        (0..3).all(|i| nicks(&lab, i).len() == 2)
+    })
+    .expect("all see all");
+    // Alice knows carol's TCP path works.
+    let (code, _) = nbhd_json(&lab, 0, &["send", "carol", "hello", "--timeout", "10"]);
+    assert_eq!(code, Some(0));
+    // Alice to bob: unicast dropped, and alice's courier frames towards bob's port too.
+    lab.drop_unicast(0, 1).unwrap();
+    lab.drop_udp_towards(0, 1, 7641).unwrap();
+    let (code, v) = nbhd_json(
+        &lab,
+        0,
+        &["invite", "bob", "relayed chess", "--timeout", "15"],
+    );
+    eprintln!("FIGURE relay: {v}");
+    assert_eq!((code, v["via"].as_str()), (Some(0), Some("relay")), "{v}");
+    let carol_id = status(&lab, 2)["id"].as_str().unwrap().to_string();
+    let (_, inv) = nbhd_json(&lab, 1, &["invitations"]);
+    let row = inv
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["activity"]["name"] == "relayed chess")
+        .cloned()
+        .expect("bob has it");
+    eprintln!("FIGURE bob's invitation row: {row}");
+    assert_eq!(row["relayed_by"], carol_id.as_str());
+    assert_eq!(row["via"], "relay");
+    assert_eq!(row["from_nick"], "alice");
+}

@@ -32,6 +32,11 @@ use crate::identity::{self, Identity, Signature};
 use crate::paths::{Paths, Via};
 
 pub const NS_AUTH: &str = "urn:nbhd:auth:0";
+/// Relay requests and relayed stanzas (the stanza itself inside XEP-0297 `<forwarded>`).
+pub const NS_RELAY: &str = "urn:nbhd:relay:0";
+pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
+/// A delivery the courier has not carried within this is also handed to a relay.
+pub const RELAY_AFTER: Duration = Duration::from_secs(1);
 pub const AUTH_DOMAIN: &[u8] = b"nbhd stream auth v0\0";
 /// The courier retransmits with backoff from this, doubling, until the receipt or the deadline.
 pub const COURIER_RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -96,6 +101,8 @@ pub enum Event {
         activity: Activity,
         reason: String,
         via: Via,
+        /// The peer that carried it, when it came through a relay.
+        relayed_by: Option<String>,
     },
     /// Something was refused and logged: a bad signature, a stream error.
     Refused {
@@ -137,6 +144,9 @@ struct Delivery {
     frame_id: u64,
     /// The stream it was written to, if it went by TCP.
     tcp_conn: Option<ConnId>,
+    /// When to hand it to a relay, and whether that was done.
+    relay_at: Option<Instant>,
+    relayed: bool,
 }
 
 pub struct Messages {
@@ -159,6 +169,8 @@ pub struct Messages {
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     rng: SmallRng,
+    /// While handling a relayed stanza: who relayed it.
+    relayed_by: Option<String>,
 }
 
 impl Messages {
@@ -179,6 +191,7 @@ impl Messages {
             actions: VecDeque::new(),
             events: VecDeque::new(),
             rng: SmallRng::seed_from_u64(seed),
+            relayed_by: None,
         }
     }
 
@@ -256,6 +269,8 @@ impl Messages {
             courier_retry: COURIER_RETRY_FIRST,
             frame_id: self.rng.gen(),
             tcp_conn: None,
+            relay_at: None,
+            relayed: false,
         };
         match first {
             Via::Tcp => {
@@ -266,6 +281,9 @@ impl Messages {
             }
             Via::Courier | Via::Relay => {
                 d.courier_at = Some(now);
+                if first == Via::Relay {
+                    d.relay_at = Some(now);
+                }
                 self.deliveries.insert(id.to_string(), d);
                 self.drive_courier(now);
             }
@@ -449,7 +467,104 @@ impl Messages {
             );
             return;
         };
+        if let Some(r) = e.get_child(NS_RELAY, "relay") {
+            self.forward_for(now, &peer, r);
+            return;
+        }
+        if let Some(r) = e.get_child(NS_RELAY, "relayed") {
+            let origin = r.get_attr("from").unwrap_or("").to_string();
+            let inner = r.get_child(NS_FORWARD, "forwarded").and_then(|f| {
+                f.children.iter().find_map(|c| match c {
+                    xml::Node::Element(e) => Some(e.clone()),
+                    _ => None,
+                })
+            });
+            if let (true, Some(inner)) = (self.peers.contains_key(&origin), inner) {
+                self.on_stanza_relayed(now, &origin, inner, &peer);
+            }
+            return;
+        }
         self.on_stanza(now, &peer, e, Via::Tcp, Some(conn));
+    }
+
+    /// We relay: `from` asked us to carry a stanza to another peer over our own stream.
+    fn forward_for(&mut self, now: Instant, from: &str, request: &Element) {
+        let to = request.get_attr("to").unwrap_or("");
+        let Some(target) = self.peers.get(to).cloned().filter(|t| t.id != from) else {
+            return;
+        };
+        let Some(inner) = request.get_child(NS_FORWARD, "forwarded") else {
+            return;
+        };
+        let wrapped = Element::new(xml::NS_CLIENT, "message")
+            .attr("type", "normal")
+            .attr("from", &self.my_instance)
+            .attr("to", &target.instance)
+            .child(
+                Element::new(NS_RELAY, "relayed")
+                    .attr("from", from)
+                    .child(inner.clone()),
+            );
+        self.send_on_stream(now, &target, wrapped.to_stanza_bytes());
+    }
+
+    /// Asks `relay` to carry `stanza` to `to`.
+    fn relay_via(&mut self, now: Instant, relay: &str, to: &str, stanza: &Element) {
+        let Some(info) = self.peers.get(relay).cloned() else {
+            return;
+        };
+        let id = self.new_id();
+        let request = Element::new(xml::NS_CLIENT, "message")
+            .attr("type", "normal")
+            .attr("id", &id)
+            .attr("from", &self.my_instance)
+            .attr("to", &info.instance)
+            .child(
+                Element::new(NS_RELAY, "relay")
+                    .attr("to", to)
+                    .child(Element::new(NS_FORWARD, "forwarded").child(stanza.clone())),
+            );
+        self.send_on_stream(now, &info, request.to_stanza_bytes());
+    }
+
+    /// A stanza from `origin` that `relayer` carried: only what `origin` signed is believed.
+    fn on_stanza_relayed(&mut self, now: Instant, origin: &str, e: Element, relayer: &str) {
+        match Stanza::from_element(&e) {
+            Ok(Stanza::Receipt { of }) => self.on_receipt(now, origin, &of, Via::Relay),
+            Ok(Stanza::Invitation { .. }) => {
+                self.relayed_by = Some(relayer.to_string());
+                self.on_stanza(now, origin, e, Via::Relay, None);
+                self.relayed_by = None;
+            }
+            Ok(Stanza::Chat { .. }) => self.events.push_back(Event::Refused {
+                from: origin.to_string(),
+                why: format!("unsigned chat relayed by {relayer}: a relay could have forged it"),
+            }),
+            Err(_) => {}
+        }
+    }
+
+    /// Hands deliveries that neither TCP nor the courier carried in time to a relay: a peer
+    /// whose TCP path works, which forwards over its own stream (DESIGN.md §4.3).
+    fn drive_relay(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| !d.relayed && d.relay_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let d = self.deliveries.get_mut(&id).expect("listed");
+            d.relayed = true;
+            let (target, stanza) = (d.peer.clone(), d.stanza.clone());
+            let mut candidates: Vec<&String> =
+                self.peers.keys().filter(|p| **p != target).collect();
+            // Peers whose TCP path is known to work first.
+            candidates.sort_by_key(|p| self.paths.state(now, p) != crate::paths::PathState::Up);
+            if let Some(relay) = candidates.first().map(|p| p.to_string()) {
+                self.relay_via(now, &relay, &target, &stanza);
+            }
+        }
     }
 
     fn on_auth(&mut self, now: Instant, conn: ConnId, e: Element) {
@@ -548,7 +663,7 @@ impl Messages {
         match s {
             Stanza::Receipt { of } => self.on_receipt(now, peer, &of, via),
             Stanza::Chat { id, body, .. } => {
-                self.send_receipt(peer, &id, via, conn);
+                self.send_receipt(now, peer, &id, via, conn);
                 if self.seen.insert((peer.to_string(), id.clone())) {
                     self.events.push_back(Event::Message {
                         from: peer.to_string(),
@@ -583,7 +698,7 @@ impl Messages {
                     });
                     return;
                 }
-                self.send_receipt(peer, &id, via, conn);
+                self.send_receipt(now, peer, &id, via, conn);
                 if self.seen.insert((peer.to_string(), id.clone())) {
                     self.events.push_back(Event::Invitation {
                         from: peer.to_string(),
@@ -591,13 +706,14 @@ impl Messages {
                         activity,
                         reason,
                         via,
+                        relayed_by: self.relayed_by.clone(),
                     });
                 }
             }
         }
     }
 
-    fn send_receipt(&mut self, peer: &str, id: &str, via: Via, conn: Option<ConnId>) {
+    fn send_receipt(&mut self, now: Instant, peer: &str, id: &str, via: Via, conn: Option<ConnId>) {
         let Some(info) = self.peers.get(peer).cloned() else {
             return;
         };
@@ -608,6 +724,12 @@ impl Messages {
                 conn,
                 bytes: receipt.to_stanza_bytes(),
             }),
+            (Via::Relay, _) => {
+                // Back the way it came: through the relay.
+                if let Some(relay) = self.relayed_by.clone() {
+                    self.relay_via(now, &relay, peer, &receipt);
+                }
+            }
             _ => {
                 let frame_id = self.rng.gen();
                 self.courier_frame(
@@ -630,6 +752,7 @@ impl Messages {
         let d = self.deliveries.remove(of).expect("present");
         match via {
             Via::Tcp => self.paths.on_tcp_ok(now, peer, None),
+            Via::Relay => self.paths.on_relay_only(now, peer),
             _ => {
                 self.paths.on_courier_receipt(now, peer);
                 // It was written to a stream that did not deliver it: a stream that stops
@@ -856,6 +979,7 @@ impl Messages {
             };
             let payload = d.stanza.to_stanza_bytes();
             let frame_id = d.frame_id;
+            d.relay_at.get_or_insert(now + RELAY_AFTER);
             d.courier_at = Some(now + d.courier_retry);
             d.courier_retry = (d.courier_retry * 2).min(COURIER_RETRY_MAX);
             self.courier_frame(Kind::Courier, &key, frame_id, payload);
@@ -866,7 +990,13 @@ impl Messages {
         let d = self
             .deliveries
             .values()
-            .flat_map(|d| [Some(d.deadline), d.courier_at])
+            .flat_map(|d| {
+                [
+                    Some(d.deadline),
+                    d.courier_at,
+                    d.relay_at.filter(|_| !d.relayed),
+                ]
+            })
             .flatten()
             .min();
         let c = self
@@ -908,6 +1038,7 @@ impl Messages {
             self.handle_closed(now, conn, true);
         }
         self.drive_courier(now);
+        self.drive_relay(now);
         self.drive_probes(now);
     }
 }

@@ -18,6 +18,8 @@ struct Net {
     nodes: Vec<Messages>,
     /// (from, to) pairs whose unicast is dropped.
     unicast_drop: HashSet<(usize, usize)>,
+    /// (from, to) pairs whose multicast is dropped.
+    multicast_drop: HashSet<(usize, usize)>,
     /// conn id at a node → (other node, its conn id)
     links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
     next_accept: ConnId,
@@ -75,6 +77,7 @@ impl Net {
             t0,
             nodes,
             unicast_drop: HashSet::new(),
+            multicast_drop: HashSet::new(),
             links: BTreeMap::new(),
             next_accept: Messages::ACCEPTED_BASE,
             inflight: Vec::new(),
@@ -150,7 +153,7 @@ impl Net {
                     Action::Courier { bytes } => {
                         self.courier_frames += 1;
                         for j in 0..self.nodes.len() {
-                            if j != i {
+                            if j != i && !self.multicast_drop.contains(&(i, j)) {
                                 self.inflight.push((
                                     self.now + LATENCY,
                                     j,
@@ -408,4 +411,65 @@ fn probes_and_observations_name_the_broken_direction_on_both_sides() {
     assert_eq!(b.state, crate::paths::PathState::UnicastBroken, "{b:?}");
     // Sticky: the next delivery goes straight by courier.
     assert_eq!(net.nodes[0].paths.plan(now, "n1").0, Via::Courier);
+}
+
+#[test]
+fn with_neither_tcp_nor_courier_an_invitation_goes_through_a_relay() {
+    let mut net = Net::new(3);
+    net.unicast_drop.insert((0, 1));
+    net.multicast_drop.insert((0, 1));
+    let now = net.now;
+    let id = net.nodes[0]
+        .invite(
+            now,
+            "n1",
+            Activity {
+                name: "chess".into(),
+                ..Activity::default()
+            },
+            "",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    net.run_for(Duration::from_secs(5));
+    let (via, latency) = net.delivered(&id).expect("delivered");
+    assert_eq!(via, Via::Relay);
+    assert!(latency < Duration::from_secs(2), "{latency:?}");
+    let relayed_by = net.events.iter().find_map(|(_, n, e)| match e {
+        Event::Invitation { relayed_by, .. } if *n == 1 => Some(relayed_by.clone()),
+        _ => None,
+    });
+    assert_eq!(relayed_by, Some(Some("n2".to_string())));
+    // Sticky: the next one goes to the relay at once.
+    assert_eq!(net.nodes[0].paths.plan(net.now, "n1").0, Via::Relay);
+    let now = net.now;
+    let id2 = net.nodes[0]
+        .invite(
+            now,
+            "n1",
+            Activity {
+                name: "go".into(),
+                ..Activity::default()
+            },
+            "",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(net.delivered(&id2).unwrap().0, Via::Relay);
+}
+
+#[test]
+fn a_relay_cannot_forge_a_chat_message() {
+    let mut net = Net::new(3);
+    net.unicast_drop.insert((0, 1));
+    net.multicast_drop.insert((0, 1));
+    let now = net.now;
+    let _ = net.nodes[0].send(now, "n1", "unsigned", Duration::from_secs(4));
+    net.run_for(Duration::from_secs(5));
+    assert!(net.received(1).is_empty(), "a relayed chat is not believed");
+    assert!(net
+        .events
+        .iter()
+        .any(|(_, n, e)| *n == 1 && matches!(e, Event::Refused { .. })));
 }

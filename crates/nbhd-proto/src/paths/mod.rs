@@ -352,7 +352,8 @@ impl Paths {
             return (Via::Tcp, Some(COURIER_AFTER_MIN));
         };
         match Self::state_of(p, now) {
-            PathState::UnicastBroken | PathState::Unreachable if p.relay_only => (Via::Relay, None),
+            // Only a relay carried to it last time, and nothing since says TCP works again.
+            state if p.relay_only && state != PathState::Up => (Via::Relay, None),
             PathState::UnicastBroken | PathState::Unreachable => (Via::Courier, None),
             _ => (
                 Via::Tcp,
