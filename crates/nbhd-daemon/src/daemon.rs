@@ -456,19 +456,21 @@ impl Daemon {
         }
     }
 
-    /// nbhd peers (key in TXT) are reachable by the messages engine; legacy peers not yet.
+    /// Hands a peer presence found to the messages engine: nbhd peers with their key, legacy
+    /// XEP-0174 peers as such (reached over plain streams only).
     fn sync_peer(&mut self, p: &presence::Peer) {
+        let Some(ip) = p.addrs.first() else { return };
         let key = p
             .key
             .as_deref()
             .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
             .and_then(|k| <[u8; 32]>::try_from(k).ok());
-        let (Some(key), Some(ip)) = (key, p.addrs.first()) else {
-            return;
-        };
+        if key.is_none() && !p.legacy {
+            return; // announces nbhd=1 but no usable key: nothing we could verify
+        }
         self.messages.set_peer(PeerInfo {
             id: p.id.clone(),
-            key,
+            key: key.unwrap_or([0; 32]),
             instance: p.instance.clone(),
             probe_addr: p
                 .txt
@@ -477,6 +479,7 @@ impl Daemon {
                 .and_then(|(_, v)| v.parse::<u16>().ok())
                 .map(|port| SocketAddr::new(*ip, port)),
             addr: SocketAddr::new(*ip, p.port),
+            legacy: p.legacy,
         });
     }
 
@@ -550,9 +553,13 @@ impl Daemon {
     fn on_net(&mut self, ev: NetEvent) {
         let now = Instant::now();
         match ev {
-            NetEvent::Accepted { conn, writer } => {
+            NetEvent::Accepted {
+                conn,
+                remote,
+                writer,
+            } => {
                 self.streams.add_writer(conn, writer);
-                self.messages.handle_accepted(now, conn);
+                self.messages.handle_accepted(now, conn, remote);
             }
             NetEvent::Connected { conn, writer } => {
                 self.streams.add_writer(conn, writer);
@@ -568,7 +575,7 @@ impl Daemon {
 
     /// PEER as DESIGN.md §6 has it: a nick, an instance name or a prefix of a peer id.
     fn resolve_peer(&self, q: &str) -> Result<String, String> {
-        let peers: Vec<&presence::Peer> = self.presence.peers().filter(|p| !p.legacy).collect();
+        let peers: Vec<&presence::Peer> = self.presence.peers().collect();
         let exact: Vec<&&presence::Peer> = peers
             .iter()
             .filter(|p| p.id == q || p.instance == q || p.nick == q)

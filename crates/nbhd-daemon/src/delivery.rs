@@ -27,6 +27,7 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum NetEvent {
     Accepted {
         conn: ConnId,
+        remote: SocketAddr,
         writer: mpsc::UnboundedSender<Vec<u8>>,
     },
     Connected {
@@ -152,13 +153,20 @@ fn run_stream(
 pub async fn accept(listener: TcpListener, events: mpsc::UnboundedSender<NetEvent>) {
     let mut next = Messages::ACCEPTED_BASE;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, remote)) = listener.accept().await else {
             continue;
         };
         let conn = next;
         next += 1;
         let writer = run_stream(conn, stream, events.clone());
-        if events.send(NetEvent::Accepted { conn, writer }).is_err() {
+        if events
+            .send(NetEvent::Accepted {
+                conn,
+                remote,
+                writer,
+            })
+            .is_err()
+        {
             return;
         }
     }

@@ -858,3 +858,59 @@ fn netns_with_neither_tcp_nor_courier_an_invitation_goes_through_a_relay() {
     assert_eq!(row["via"], "relay");
     assert_eq!(row["from_nick"], "alice");
 }
+
+#[test]
+fn netns_legacy_xep0174_clients_get_and_send_plain_messages() {
+    if skip_unless_root("netns_legacy_xep0174_clients_get_and_send_plain_messages") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    start(&mut lab, 0, "alice", &[]);
+    let alice = status(&lab, 0)["instance"].as_str().unwrap().to_string();
+    let log = lab.dir.join("legacy.log");
+    let h3 = lab.host(2).ip.to_string();
+    lab.spawn(
+        2,
+        &[
+            "python3",
+            &support("legacy_peer.py"),
+            "pyleg@h3",
+            &h3,
+            &alice,
+        ],
+        &log,
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        peers(&lab, 0).iter().any(|p| p["instance"] == "pyleg@h3")
+    })
+    .unwrap_or_else(|| panic!("alice does not see the legacy client: {}", read(&log)));
+    let (code, v) = nbhd_json(
+        &lab,
+        0,
+        &["send", "pyleg@h3", "hi legacy", "--timeout", "10"],
+    );
+    assert_eq!(
+        (code, v["via"].as_str()),
+        (Some(0), Some("tcp")),
+        "{v}; legacy log: {}",
+        read(&log)
+    );
+    wait_for(Duration::from_secs(10), || read(&log).contains("sent"))
+        .unwrap_or_else(|| panic!("legacy log: {}", read(&log)));
+    assert!(read(&log).contains("got hi legacy"), "{}", read(&log));
+    let alice_log = lab.dir.join("nbhd-h1-alice.log");
+    wait_for(Duration::from_secs(10), || {
+        read(&alice_log).contains("leg1")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "alice did not take the legacy message: {}",
+            read(&alice_log)
+        )
+    });
+    eprintln!(
+        "FIGURE legacy client: {}",
+        read(&log).trim().replace('\n', ", ")
+    );
+}

@@ -120,6 +120,9 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     /// Where its path probes go (TXT `probe`), if it announced one.
     pub probe_addr: Option<SocketAddr>,
+    /// A plain XEP-0174 client (no `nbhd=1`): no stream authentication (its source address is
+    /// checked instead), no courier, no relay, and no receipts to count on.
+    pub legacy: bool,
 }
 
 struct Conn {
@@ -131,6 +134,8 @@ struct Conn {
     authenticated: bool,
     /// Stanzas waiting for authentication.
     queue: Vec<Vec<u8>>,
+    /// The remote address (accepted streams), to check legacy peers by.
+    remote: Option<SocketAddr>,
     opened: Instant,
 }
 
@@ -272,6 +277,18 @@ impl Messages {
             relay_at: None,
             relayed: false,
         };
+        if info.legacy {
+            d.tcp_conn = Some(self.send_on_stream(now, &info, d.stanza.to_stanza_bytes()));
+            self.deliveries.insert(id.to_string(), d);
+            if self
+                .conns
+                .values()
+                .any(|c| c.peer.as_deref() == Some(peer) && c.outgoing && c.authenticated)
+            {
+                self.legacy_delivered(now, peer);
+            }
+            return true;
+        }
         match first {
             Via::Tcp => {
                 d.courier_at = courier_after.map(|a| now + a);
@@ -321,6 +338,7 @@ impl Messages {
                         authenticated: false,
                         queue: vec![bytes],
                         opened: now,
+                        remote: Some(info.addr),
                     },
                 );
                 self.actions.push_back(Action::Connect {
@@ -346,13 +364,15 @@ impl Messages {
             .map(|p| p.instance.clone())
             .unwrap_or_default();
         let mut bytes = xml::stream_header(&self.my_instance, &to);
-        bytes.extend(self.auth_element(&nonce).to_stanza_bytes());
+        if !self.peers.get(&peer).is_some_and(|p| p.legacy) {
+            bytes.extend(self.auth_element(&nonce).to_stanza_bytes());
+        }
         self.actions.push_back(Action::Send { conn, bytes });
         let _ = now;
     }
 
     /// The driver accepted an incoming connection.
-    pub fn handle_accepted(&mut self, now: Instant, conn: ConnId) {
+    pub fn handle_accepted(&mut self, now: Instant, conn: ConnId, remote: SocketAddr) {
         let nonce: [u8; 16] = self.rng.gen();
         self.conns.insert(
             conn,
@@ -365,6 +385,7 @@ impl Messages {
                 authenticated: false,
                 queue: Vec::new(),
                 opened: now,
+                remote: Some(remote),
             },
         );
     }
@@ -410,16 +431,7 @@ impl Messages {
         }
         for ev in evs {
             match ev {
-                StreamEvent::Header(_) => {
-                    let c = self.conns.get(&conn).expect("present");
-                    if !c.outgoing {
-                        // Answer with our header and nonce.
-                        let nonce = c.our_nonce;
-                        let mut out = xml::stream_header(&self.my_instance, "");
-                        out.extend(self.auth_element(&nonce).to_stanza_bytes());
-                        self.actions.push_back(Action::Send { conn, bytes: out });
-                    }
-                }
+                StreamEvent::Header(attrs) => self.on_header(now, conn, &attrs),
                 StreamEvent::Stanza(e) => self.on_stream_stanza(now, conn, e),
                 StreamEvent::End => {
                     self.actions.push_back(Action::Close { conn });
@@ -430,6 +442,77 @@ impl Messages {
             if !self.conns.contains_key(&conn) {
                 return;
             }
+        }
+    }
+
+    /// The peer's stream header. Legacy peers are known by the instance they claim and the
+    /// address they connect from (DESIGN.md §4.2); nbhd peers authenticate next.
+    fn on_header(&mut self, now: Instant, conn: ConnId, attrs: &[(String, String)]) {
+        let from = attrs
+            .iter()
+            .find(|(k, _)| k == "from")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let c = self.conns.get(&conn).expect("present");
+        let (outgoing, remote, nonce) = (c.outgoing, c.remote, c.our_nonce);
+        let legacy = self
+            .peers
+            .values()
+            .find(|p| p.legacy && p.instance == from)
+            .cloned();
+        if outgoing {
+            // A legacy peer's answering header opens the stream: no authentication to wait for.
+            let peer = c.peer.clone().unwrap_or_default();
+            if self.peers.get(&peer).is_some_and(|p| p.legacy) {
+                let c = self.conns.get_mut(&conn).expect("present");
+                c.authenticated = true;
+                let queued = std::mem::take(&mut c.queue);
+                self.paths.on_tcp_ok(now, &peer, None);
+                for bytes in queued {
+                    self.actions.push_back(Action::Send { conn, bytes });
+                }
+                self.legacy_delivered(now, &peer);
+            }
+            return;
+        }
+        match legacy {
+            Some(p) if remote.is_some_and(|r| r.ip() == p.addr.ip()) => {
+                let c = self.conns.get_mut(&conn).expect("present");
+                c.peer = Some(p.id.clone());
+                c.authenticated = true;
+                let out = xml::stream_header(&self.my_instance, &from);
+                self.actions.push_back(Action::Send { conn, bytes: out });
+            }
+            Some(_) => self.stream_error(
+                conn,
+                StreamError::PolicyViolation(format!("{from} does not connect from its address")),
+            ),
+            None => {
+                // An nbhd peer (or a stranger): our header and nonce, then authentication.
+                let mut out = xml::stream_header(&self.my_instance, &from);
+                out.extend(self.auth_element(&nonce).to_stanza_bytes());
+                self.actions.push_back(Action::Send { conn, bytes: out });
+            }
+        }
+    }
+
+    /// Legacy clients send no receipts: a stanza the open stream took is as delivered as it
+    /// gets (XEP-0174 has nothing more).
+    fn legacy_delivered(&mut self, now: Instant, peer: &str) {
+        let done: Vec<String> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.peer == peer)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            let d = self.deliveries.remove(&id).expect("listed");
+            self.events.push_back(Event::Delivered {
+                id,
+                peer: peer.to_string(),
+                via: Via::Tcp,
+                latency: now - d.started,
+            });
         }
     }
 

@@ -67,6 +67,7 @@ impl Net {
                         instance: format!("n{j}@lab"),
                         addr: addr(j),
                         probe_addr: Some(probe_addr(j)),
+                        legacy: false,
                     });
                 }
             }
@@ -111,7 +112,7 @@ impl Net {
                             self.next_accept += 1;
                             self.links.insert((i, conn), (j, acc));
                             self.links.insert((j, acc), (i, conn));
-                            self.nodes[j].handle_accepted(self.now, acc);
+                            self.nodes[j].handle_accepted(self.now, acc, addr(i));
                             self.inflight.push((
                                 self.now + 2 * LATENCY,
                                 i,
@@ -311,6 +312,7 @@ fn a_badly_signed_invitation_is_refused_and_a_stranger_cannot_talk() {
         instance: "n1@lab".into(),
         addr: addr(1),
         probe_addr: None,
+        legacy: false,
     });
     let now = net.now;
     let _ = net.nodes[0].send(now, "n1", "hello?", Duration::from_secs(3));
