@@ -62,6 +62,8 @@ struct Daemon {
     courier: MdnsSocket,
     streams: Streams,
     waiting: HashMap<String, Waiting>,
+    /// Last published path state per peer, for `path-changed` events.
+    path_states: HashMap<String, nbhd_proto::paths::PathState>,
     /// Unicast UDP for path probes, its port announced in TXT `probe`.
     probe_sock: tokio::net::UdpSocket,
     store: Store,
@@ -165,11 +167,15 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
     let presence = Presence::new(config, started);
     let courier = MdnsSocket::open_group(delivery::COURIER_GROUP, delivery::COURIER_PORT)
         .map_err(|e| DaemonError::other("opening the courier socket", e))?;
-    let messages = Messages::new(
+    let mut messages = Messages::new(
         Identity::from_secret(identity.secret()),
         presence.instance(),
         seed,
     );
+    // Receivers deduplicate across restarts too (DESIGN.md §4.2).
+    for (sender, id) in store.seen_ids()? {
+        messages.mark_seen(&sender, &id);
+    }
     let (net_tx, mut net_rx) = mpsc::unbounded_channel::<NetEvent>();
     let (events_tx, _) = broadcast::channel(1024);
     let mut d = Daemon {
@@ -179,6 +185,7 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         courier,
         streams: Streams::new(net_tx.clone()),
         waiting: HashMap::new(),
+        path_states: HashMap::new(),
         probe_sock: {
             let _ = probe_sock.set_nonblocking(true);
             tokio::net::UdpSocket::from_std(probe_sock)
@@ -437,6 +444,36 @@ impl Daemon {
         while let Some(e) = self.messages.poll_event() {
             self.on_message_event(e);
         }
+        self.publish_path_changes();
+    }
+
+    /// `path-changed` events: a peer's path state moved (DESIGN.md §6).
+    fn publish_path_changes(&mut self) {
+        let now = Instant::now();
+        let peers: Vec<(String, String)> = self
+            .presence
+            .peers()
+            .filter(|p| !p.legacy)
+            .map(|p| (p.id.clone(), p.nick.clone()))
+            .collect();
+        for (id, nick) in peers {
+            let state = self.messages.paths.state(now, &id);
+            let before = self.path_states.get(&id).copied();
+            if before == Some(state) {
+                continue;
+            }
+            if before.is_none() && state == nbhd_proto::paths::PathState::Unknown {
+                self.path_states.insert(id, state); // a new peer: nothing has changed yet
+                continue;
+            }
+            self.path_states.insert(id.clone(), state);
+            let d = self.messages.paths.diagnose(now, &id, &nick);
+            tracing::info!(peer = %nick, state = state.as_str(), path = d.path.as_str(), "path changed");
+            let _ = self.events.send(json!({
+                "type": "path-changed", "at": view::unix_ms(), "peer": id, "nick": nick,
+                "state": state.as_str(), "path": d.path.as_str(), "diagnosis": d.text,
+            }));
+        }
     }
 
     fn send_probe(&mut self, addr: SocketAddr, bytes: &[u8]) {
@@ -519,6 +556,9 @@ impl Daemon {
                 body,
                 via,
             } => {
+                if let Err(e) = self.store.add_seen(&from, &id) {
+                    tracing::error!("storing a seen message id: {e}");
+                }
                 tracing::info!(%from, %id, via = via.as_str(), "message");
                 let nick = self.nick_of(&from);
                 let _ = self.events.send(json!({"type": "message", "at": at, "from": from, "from_nick": nick, "id": id, "text": body, "via": via.as_str()}));

@@ -20,7 +20,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(ctx)?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS invitations (
+            "CREATE TABLE IF NOT EXISTS seen (
+                 sender TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 at_ms INTEGER NOT NULL,
+                 PRIMARY KEY (sender, id)
+             );
+             CREATE TABLE IF NOT EXISTS invitations (
                  sender TEXT NOT NULL,
                  id TEXT NOT NULL,
                  row TEXT NOT NULL,
@@ -52,6 +58,34 @@ impl Store {
             )
             .map_err(|e| DaemonError::other("store: invitation", e))?;
         Ok(())
+    }
+
+    /// Remembers a received message id, so a copy arriving after a restart is not shown again.
+    pub fn add_seen(&self, sender: &str, id: &str) -> Result<(), DaemonError> {
+        let now = crate::view::unix_ms() as i64;
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO seen (sender, id, at_ms) VALUES (?1, ?2, ?3)",
+                rusqlite::params![sender, id, now],
+            )
+            .map_err(|e| DaemonError::other("store: seen", e))?;
+        Ok(())
+    }
+
+    /// Every (sender, stanza id) already received: messages of the last week and all invitations.
+    pub fn seen_ids(&self) -> Result<Vec<(String, String)>, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: seen", e);
+        let week_ago = crate::view::unix_ms() as i64 - 7 * 24 * 3600 * 1000;
+        let mut st = self
+            .conn
+            .prepare("SELECT sender, id FROM seen WHERE at_ms >= ?1 UNION SELECT sender, id FROM invitations")
+            .map_err(ctx)?;
+        let rows = st
+            .query_map([week_ago], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(ctx)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(ctx)
     }
 
     /// Invitations received, oldest first.

@@ -554,6 +554,13 @@ fn netns_invitations_survive_the_seed_black_hole_by_courier() {
         (0..3).all(|i| nicks(&lab, i).len() == 2)
     })
     .expect("all see all");
+    let events_log = lab.dir.join("alice-events.jsonl");
+    let mut follow = lab.command(0, NBHD);
+    follow
+        .arg("--data-dir")
+        .arg(data_dir(&lab, 0))
+        .args(["events", "--json"]);
+    lab.spawn_command(follow, &events_log).unwrap();
 
     // Healthy path: TCP.
     let mut healthy = Vec::new();
@@ -663,6 +670,24 @@ fn netns_invitations_survive_the_seed_black_hole_by_courier() {
         "FIGURE alice's nbhd doctor:\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    let changes: Vec<Value> = read(&events_log)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "path-changed" && e["nick"] == "bob")
+        .collect();
+    eprintln!(
+        "FIGURE alice's path-changed events for bob: {:?}",
+        changes
+            .iter()
+            .map(|e| format!("{}/{}", e["state"], e["path"]))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|e| e["state"] == "unicast-broken" && e["path"] == "courier"),
+        "{changes:?}"
+    );
 
     // Healing: the rule goes; with one message every 5 s, deliveries are back on TCP and the
     // doctor says up within 30 s.
@@ -676,6 +701,10 @@ fn netns_invitations_survive_the_seed_black_hole_by_courier() {
             &["send", "bob", &format!("tick {k}"), "--timeout", "10"],
         );
         assert_eq!(code, Some(0), "{v}");
+        eprintln!(
+            "FIGURE healing step {k}: {v} doctor {}",
+            row_for(0, "bob")["state"]
+        );
         if v["via"] == "tcp" && row_for(0, "bob")["state"] == "up" {
             back = Some(healed_at.elapsed());
             break;

@@ -204,6 +204,11 @@ impl Messages {
         self.peers.insert(p.id.clone(), p);
     }
 
+    /// A (sender, stanza id) already received before a restart: not shown again.
+    pub fn mark_seen(&mut self, sender: &str, id: &str) {
+        self.seen.insert((sender.to_string(), id.to_string()));
+    }
+
     pub fn remove_peer(&mut self, id: &str) {
         self.peers.remove(id);
     }

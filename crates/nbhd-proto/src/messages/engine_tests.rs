@@ -475,3 +475,46 @@ fn a_relay_cannot_forge_a_chat_message() {
         .iter()
         .any(|(_, n, e)| *n == 1 && matches!(e, Event::Refused { .. })));
 }
+
+#[test]
+fn ids_seen_before_a_restart_are_not_shown_again_but_still_get_a_receipt() {
+    let mut net = Net::new(2);
+    let now = net.now;
+    let id = net.nodes[0]
+        .send(now, "n1", "once", Duration::from_secs(5))
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.received(1), vec!["once"]);
+    // n1 restarts: a fresh engine, told what its store had seen.
+    let mut fresh = Messages::new(Identity::from_secret([2; 32]), "n1@lab", 77);
+    fresh.set_peer(PeerInfo {
+        id: "n0".into(),
+        key: Identity::from_secret([1; 32]).public(),
+        instance: "n0@lab".into(),
+        addr: addr(0),
+        probe_addr: Some(probe_addr(0)),
+        legacy: false,
+    });
+    fresh.mark_seen("n0", &id);
+    net.nodes[1] = fresh;
+    net.events.clear();
+    // The same stanza again (a late courier copy, say) is acknowledged but not shown.
+    let again = super::super::stanza::Stanza::Chat {
+        id: id.clone(),
+        body: "once".into(),
+        receipt_requested: true,
+    }
+    .to_element("n0@lab", "n1@lab");
+    let f = crate::frame::Repr {
+        kind: crate::frame::Kind::Courier,
+        sender: Identity::from_secret([1; 32]).public(),
+        recipient: Identity::from_secret([2; 32]).public(),
+        id: 7,
+        payload: again.to_stanza_bytes(),
+    };
+    let bytes = f.emit(&Identity::from_secret([1; 32])).unwrap();
+    let now = net.now;
+    net.nodes[1].handle_courier(now, &bytes).unwrap();
+    net.drain();
+    assert!(net.received(1).is_empty());
+}
