@@ -305,6 +305,8 @@ fn load_or_create_token(dir: &DataDir) -> Result<String, DaemonError> {
 impl Daemon {
     fn apply_ifaces(&mut self, found: Vec<Iface>) {
         let now = Instant::now();
+        let had_ifaces = !self.ifaces.is_empty();
+        let mut changed = false;
         let found: BTreeMap<u32, Iface> = found
             .into_iter()
             .filter(|i| !i.addrs.is_empty())
@@ -322,11 +324,13 @@ impl Daemon {
             self.socket.leave(idx);
             self.courier.leave(idx);
             self.ifaces.remove(&idx);
+            changed = true;
         }
         for (idx, i) in found {
             if self.ifaces.get(&idx) == Some(&i) {
                 continue;
             }
+            changed = true;
             if let Err(e) = self.socket.join(idx) {
                 tracing::warn!(iface = %i.name, "cannot join the mDNS group: {e}");
                 continue;
@@ -338,6 +342,11 @@ impl Daemon {
             self.presence
                 .set_interface(now, IfaceId(idx), i.addrs.clone());
             self.ifaces.insert(idx, i);
+        }
+        if changed && had_ifaces {
+            // A network change clears what we knew of paths (DESIGN.md §4.3).
+            tracing::info!("network changed: forgetting path evidence");
+            self.messages.paths.network_changed();
         }
     }
 
