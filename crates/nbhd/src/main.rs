@@ -157,15 +157,7 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
                 msg,
             })
         }
-        Command::Peers => {
-            let peers = Client::connect(&dir)?.call(json!({"cmd": "peers"}))?;
-            if json {
-                print_json(&peers);
-            } else {
-                print_peers(&peers);
-            }
-            Ok(())
-        }
+        Command::Peers => query(&dir, "peers", json, print_peers),
         Command::Events => Client::connect(&dir)?.follow(|ev| {
             let line = if json {
                 ev.to_string()
@@ -176,30 +168,7 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             // A closed stdout (`nbhd events | head`) ends the stream quietly.
             writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
         }),
-        Command::Status => {
-            let s = Client::connect(&dir)?.call(json!({"cmd": "status"}))?;
-            if json {
-                print_json(&s);
-            } else {
-                println!("instance   {}", s["instance"].as_str().unwrap_or(""));
-                println!("id         {}", s["id"].as_str().unwrap_or(""));
-                println!("hostname   {}", s["hostname"].as_str().unwrap_or(""));
-                println!("announced  {}", s["announced"]);
-                println!(
-                    "web view   {}#<token in {}>",
-                    s["api"].as_str().unwrap_or(""),
-                    dir.token_file().display()
-                );
-                for i in s["interfaces"].as_array().into_iter().flatten() {
-                    println!(
-                        "interface  {} {}",
-                        i["name"].as_str().unwrap_or(""),
-                        i["addrs"]
-                    );
-                }
-            }
-            Ok(())
-        }
+        Command::Status => query(&dir, "status", json, |s| print_status(s, &dir)),
         Command::Trace {
             captures,
             hosts,
@@ -223,50 +192,67 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             json!({"cmd": "invite", "peer": peer, "activity": activity, "timeout": timeout}),
             json,
         ),
-        Command::Invitations => {
-            let v = Client::connect(&dir)?.call(json!({"cmd": "invitations"}))?;
-            if json {
-                print_json(&v);
-            } else {
-                let rows = v.as_array().cloned().unwrap_or_default();
-                if rows.is_empty() {
-                    println!("no invitations received");
-                }
-                for r in rows {
-                    println!(
-                        "{}  from {} ({})  via {}",
-                        r["activity"]["name"].as_str().unwrap_or("?"),
-                        r["from_nick"].as_str().unwrap_or("?"),
-                        r["from"]
-                            .as_str()
-                            .unwrap_or("?")
-                            .chars()
-                            .take(12)
-                            .collect::<String>(),
-                        r["via"].as_str().unwrap_or("?")
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Doctor => {
-            let v = Client::connect(&dir)?.call(json!({"cmd": "doctor"}))?;
-            if json {
-                print_json(&v);
-            } else {
-                print_doctor(&v);
-            }
-            Ok(())
-        }
-        Command::Stats => {
-            let s = Client::connect(&dir)?.call(json!({"cmd": "stats"}))?;
-            if json {
-                print_json(&s);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-            }
-            Ok(())
-        }
+        Command::Invitations => query(&dir, "invitations", json, print_invitations),
+        Command::Doctor => query(&dir, "doctor", json, print_doctor),
+        Command::Stats => query(&dir, "stats", json, |s| {
+            println!("{}", serde_json::to_string_pretty(s).unwrap_or_default())
+        }),
+    }
+}
+
+/// One request to the daemon; its answer as JSON, or for people through `human`.
+fn query(
+    dir: &DataDir,
+    cmd: &str,
+    json: bool,
+    human: impl FnOnce(&Value),
+) -> Result<(), DaemonError> {
+    let v = Client::connect(dir)?.call(json!({ "cmd": cmd }))?;
+    if json {
+        print_json(&v);
+    } else {
+        human(&v);
+    }
+    Ok(())
+}
+
+fn print_status(s: &Value, dir: &DataDir) {
+    println!("instance   {}", s["instance"].as_str().unwrap_or(""));
+    println!("id         {}", s["id"].as_str().unwrap_or(""));
+    println!("hostname   {}", s["hostname"].as_str().unwrap_or(""));
+    println!("announced  {}", s["announced"]);
+    println!(
+        "web view   {}#<token in {}>",
+        s["api"].as_str().unwrap_or(""),
+        dir.token_file().display()
+    );
+    for i in s["interfaces"].as_array().into_iter().flatten() {
+        println!(
+            "interface  {} {}",
+            i["name"].as_str().unwrap_or(""),
+            i["addrs"]
+        );
+    }
+}
+
+fn print_invitations(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no invitations received");
+    }
+    for r in rows {
+        println!(
+            "{}  from {} ({})  via {}",
+            r["activity"]["name"].as_str().unwrap_or("?"),
+            r["from_nick"].as_str().unwrap_or("?"),
+            r["from"]
+                .as_str()
+                .unwrap_or("?")
+                .chars()
+                .take(12)
+                .collect::<String>(),
+            r["via"].as_str().unwrap_or("?")
+        );
     }
 }
 

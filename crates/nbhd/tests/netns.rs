@@ -77,6 +77,24 @@ fn nicks(lab: &Lab, i: usize) -> Vec<String> {
     v
 }
 
+/// Waits until host `i` lists `instance`; its row. On timeout, the panic shows `log`.
+fn wait_for_listed(lab: &Lab, i: usize, instance: &str, log: &Path, what: &str) -> Value {
+    wait_for(Duration::from_secs(20), || {
+        peers(lab, i).iter().any(|p| p["instance"] == instance)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nbhd did not list {instance}: {:?}; {what} log:\n{}",
+            peers(lab, i),
+            read(log)
+        )
+    });
+    peers(lab, i)
+        .into_iter()
+        .find(|p| p["instance"] == instance)
+        .expect("listed")
+}
+
 fn status(lab: &Lab, i: usize) -> Value {
     let out = nbhd(lab, i, &data_dir(lab, i), &["status", "--json"]);
     serde_json::from_slice(&out.stdout).expect("status json")
@@ -434,20 +452,7 @@ fn netns_python_zeroconf_resolves_nbhd_and_nbhd_lists_zeroconf_as_legacy() {
             .as_str()
     );
     // nbhd lists the python-zeroconf instance as legacy.
-    wait_for(Duration::from_secs(15), || {
-        peers(&lab, 0).iter().any(|p| p["instance"] == "pyzc@h3")
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "nbhd did not list pyzc@h3: {:?}; zeroconf log: {}",
-            peers(&lab, 0),
-            read(&pub_log)
-        )
-    });
-    let row = peers(&lab, 0)
-        .into_iter()
-        .find(|p| p["instance"] == "pyzc@h3")
-        .unwrap();
+    let row = wait_for_listed(&lab, 0, "pyzc@h3", &pub_log, "zeroconf");
     assert_eq!(row["legacy"], true);
     assert_eq!(row["id"], "pyzc@h3");
     assert_eq!(row["status"], "away");
@@ -502,22 +507,7 @@ fn netns_nbhd_lists_an_avahi_static_service_as_legacy() {
     )
     .unwrap();
     start(&mut lab, 0, "alice", &[]);
-    wait_for(Duration::from_secs(20), || {
-        peers(&lab, 0)
-            .iter()
-            .any(|p| p["instance"] == "avahi-peer@lab")
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "nbhd did not list avahi's service: {:?}; avahi log:\n{}",
-            peers(&lab, 0),
-            read(&log)
-        )
-    });
-    let row = peers(&lab, 0)
-        .into_iter()
-        .find(|p| p["instance"] == "avahi-peer@lab")
-        .unwrap();
+    let row = wait_for_listed(&lab, 0, "avahi-peer@lab", &log, "avahi");
     assert_eq!(row["legacy"], true);
     assert_eq!(row["nick"], "avahi-peer");
     assert_eq!(row["status"], "dnd");
