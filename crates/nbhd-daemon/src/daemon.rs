@@ -12,6 +12,7 @@ use base64::Engine as _;
 use nbhd_proto::identity::Identity;
 use nbhd_proto::messages::stanza::Activity;
 use nbhd_proto::messages::{self, Messages, PeerInfo};
+use nbhd_proto::paths::Diagnosis;
 use nbhd_proto::presence::{self, Destination, Event, IfaceId, Presence};
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
@@ -24,7 +25,7 @@ use crate::delivery::{self, NetEvent, Streams};
 use crate::error::DaemonError;
 use crate::ifaces::{self, Iface};
 use crate::mdns::{self, MdnsSocket};
-use crate::store::Store;
+use crate::store::{Store, StoredMessage};
 use crate::{api, view};
 
 /// How often interfaces are listed again to notice new, gone or renumbered ones.
@@ -32,6 +33,8 @@ const IFACE_POLL: Duration = Duration::from_secs(5);
 /// Log the first few dropped packets of each kind, then one in this many, so a flood of garbage
 /// cannot flood the log.
 const DROP_LOG_EVERY: u64 = 100;
+/// At shutdown, how long streams may take to write their last bytes (`</stream:stream>`).
+const SHUTDOWN_WRITES: Duration = Duration::from_secs(1);
 
 pub struct UpOptions {
     pub data_dir: DataDir,
@@ -70,6 +73,7 @@ struct Daemon {
     ifaces: BTreeMap<u32, Iface>,
     wanted_ifaces: Vec<String>,
     identity: Identity,
+    nick: String,
     events: broadcast::Sender<Value>,
     stats: DriverStats,
     api_url: String,
@@ -195,6 +199,7 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         ifaces: BTreeMap::new(),
         wanted_ifaces: opts.ifaces.clone(),
         identity,
+        nick: nick.clone(),
         events: events_tx.clone(),
         stats: DriverStats::default(),
         api_url: api_url.clone(),
@@ -279,9 +284,29 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
             _ = sigterm.recv() => break,
         }
     }
-    tracing::info!("shutting down: sending goodbyes");
-    d.presence.close(Instant::now());
+    tracing::info!("shutting down: sending goodbyes and ending streams");
+    let now = Instant::now();
+    d.presence.close(now);
+    d.messages.close(now);
     d.flush();
+    // Peers answer our `</stream:stream>` with theirs (RFC 6120 §4.4); give them a moment.
+    let patience = tokio::time::sleep(SHUTDOWN_WRITES);
+    tokio::pin!(patience);
+    while d.messages.has_streams() {
+        let wake = d
+            .messages
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        tokio::select! {
+            Some(ev) = net_rx.recv() => d.on_net(ev),
+            _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                d.messages.handle_timeout(Instant::now());
+            }
+            _ = &mut patience => break,
+        }
+        d.flush();
+    }
+    d.streams.finish(SHUTDOWN_WRITES).await;
     let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(dir.api_file());
     Ok(())
@@ -459,14 +484,14 @@ impl Daemon {
     /// `path-changed` events: a peer's path state moved (DESIGN.md §6).
     fn publish_path_changes(&mut self) {
         let now = Instant::now();
-        let peers: Vec<(String, String)> = self
+        let peers: Vec<(String, String, bool)> = self
             .presence
             .peers()
-            .filter(|p| !p.legacy)
-            .map(|p| (p.id.clone(), p.nick.clone()))
+            .map(|p| (p.id.clone(), p.nick.clone(), p.legacy))
             .collect();
-        for (id, nick) in peers {
-            let state = self.messages.paths.state(now, &id);
+        for (id, nick, legacy) in peers {
+            let d = self.diagnose(now, &id, &nick, legacy);
+            let state = d.state;
             let before = self.path_states.get(&id).copied();
             if before == Some(state) {
                 continue;
@@ -476,7 +501,6 @@ impl Daemon {
                 continue;
             }
             self.path_states.insert(id.clone(), state);
-            let d = self.messages.paths.diagnose(now, &id, &nick);
             tracing::info!(peer = %nick, state = state.as_str(), path = d.path.as_str(), "path changed");
             let _ = self.events.send(json!({
                 "type": "path-changed", "at": view::unix_ms(), "peer": id, "nick": nick,
@@ -529,6 +553,14 @@ impl Daemon {
         });
     }
 
+    fn diagnose(&self, now: Instant, id: &str, nick: &str, legacy: bool) -> Diagnosis {
+        if legacy {
+            self.messages.paths.diagnose_legacy(now, id, nick)
+        } else {
+            self.messages.paths.diagnose(now, id, nick)
+        }
+    }
+
     fn nick_of(&self, id: &str) -> String {
         self.presence
             .peers()
@@ -545,17 +577,24 @@ impl Daemon {
                 peer,
                 via,
                 latency,
+                receipt,
             } => {
-                tracing::info!(%id, %peer, via = via.as_str(), latency_ms = delivery::ms(latency), "delivered");
+                tracing::info!(%id, %peer, via = via.as_str(), latency_ms = delivery::ms(latency), receipt, "delivered");
+                if let Err(e) =
+                    self.store
+                        .set_message_via(&self.identity.peer_id(), &id, via.as_str())
+                {
+                    tracing::error!("storing a delivery: {e}");
+                }
                 if let Some(w) = self.waiting.remove(&id) {
-                    let _ = w.send(Ok(json!({"id": id, "delivered": true, "via": via.as_str(), "latency_ms": delivery::ms(latency)})));
+                    let _ = w.send(Ok(json!({"id": id, "delivered": true, "via": via.as_str(), "latency_ms": delivery::ms(latency), "receipt": receipt})));
                 }
             }
             messages::Event::Failed { id, peer } => {
                 tracing::warn!(%id, %peer, "not delivered before the timeout");
                 if let Some(w) = self.waiting.remove(&id) {
                     let _ = w.send(Ok(
-                        json!({"id": id, "delivered": false, "via": null, "latency_ms": null}),
+                        json!({"id": id, "delivered": false, "via": null, "latency_ms": null, "receipt": false}),
                     ));
                 }
             }
@@ -570,6 +609,19 @@ impl Daemon {
                 }
                 tracing::info!(%from, %id, via = via.as_str(), "message");
                 let nick = self.nick_of(&from);
+                let row = StoredMessage {
+                    id: id.clone(),
+                    from: from.clone(),
+                    to: self.identity.peer_id(),
+                    from_nick: nick.clone(),
+                    to_nick: self.nick.clone(),
+                    text: body.clone(),
+                    via: Some(via.as_str().to_string()),
+                    at_ms: at,
+                };
+                if let Err(e) = self.store.add_message(&row) {
+                    tracing::error!("storing a message: {e}");
+                }
                 let _ = self.events.send(json!({"type": "message", "at": at, "from": from, "from_nick": nick, "id": id, "text": body, "via": via.as_str()}));
             }
             messages::Event::Invitation {
@@ -595,7 +647,22 @@ impl Daemon {
                 ev["at"] = json!(at);
                 let _ = self.events.send(ev);
             }
-            messages::Event::Refused { from, why } => tracing::warn!(%from, "refused: {why}"),
+            messages::Event::Dropped {
+                from,
+                reason,
+                detail,
+            } => {
+                let count = self
+                    .messages
+                    .stats()
+                    .dropped
+                    .get(reason)
+                    .copied()
+                    .unwrap_or(0);
+                if count <= 10 || count.is_multiple_of(DROP_LOG_EVERY) {
+                    tracing::warn!(%from, reason, count, "dropped: {detail}");
+                }
+            }
         }
     }
 
@@ -661,9 +728,24 @@ impl Daemon {
         let started = match req.cmd.as_str() {
             "send" => Some(self.resolve_peer(peer).and_then(|p| {
                 let text = req.args.get("text").and_then(Value::as_str).unwrap_or("");
-                self.messages
+                let id = self
+                    .messages
                     .send(now, &p, text, timeout)
-                    .ok_or_else(|| format!("{peer} cannot be messaged"))
+                    .ok_or_else(|| format!("{peer} cannot be messaged"))?;
+                let row = StoredMessage {
+                    id: id.clone(),
+                    from: self.identity.peer_id(),
+                    to: p.clone(),
+                    from_nick: self.nick.clone(),
+                    to_nick: self.nick_of(&p),
+                    text: text.to_string(),
+                    via: None,
+                    at_ms: view::unix_ms(),
+                };
+                if let Err(e) = self.store.add_message(&row) {
+                    tracing::error!("storing a message: {e}");
+                }
+                Ok(id)
             })),
             "invite" => Some(self.resolve_peer(peer).and_then(|p| {
                 let name = req
@@ -698,7 +780,7 @@ impl Daemon {
         }
     }
 
-    fn on_request(&mut self, cmd: &str, _args: &Value) -> Result<Value, String> {
+    fn on_request(&mut self, cmd: &str, args: &Value) -> Result<Value, String> {
         let now = Instant::now();
         match cmd {
             "peers" => Ok(Value::Array(
@@ -736,16 +818,46 @@ impl Daemon {
                         "send_errors": self.stats.send_errors,
                         "foreign_interface": self.stats.unknown_iface,
                     },
+                    "messages": {
+                        "dropped": self.messages.stats().dropped,
+                        "dropped_total": self.messages.stats().dropped.values().sum::<u64>(),
+                    },
                     "peers": self.presence.peers().count(),
                 }))
             }
             "invitations" => self.store.invitations().map(Value::Array).map_err(|e| e.to_string()),
+            "messages" => {
+                let peer = match args.get("peer").and_then(Value::as_str) {
+                    None => None,
+                    // A peer that is gone still has its messages: its id or nick as stored.
+                    Some(q) => Some(self.resolve_peer(q).or_else(|e| {
+                        self.store
+                            .messages(None)
+                            .ok()
+                            .into_iter()
+                            .flatten()
+                            .find_map(|m| {
+                                if m.from == q || m.from_nick == q {
+                                    Some(m.from)
+                                } else if m.to == q || m.to_nick == q {
+                                    Some(m.to)
+                                } else {
+                                    None
+                                }
+                            })
+                            .ok_or(e)
+                    })?),
+                };
+                self.store
+                    .messages(peer.as_deref())
+                    .map(|rows| Value::Array(rows.iter().map(view::message).collect()))
+                    .map_err(|e| e.to_string())
+            }
             "doctor" => Ok(Value::Array(
                 self.presence
                     .peers()
-                    .filter(|p| !p.legacy)
                     .map(|p| {
-                        let d = self.messages.paths.diagnose(now, &p.id, &p.nick);
+                        let d = self.diagnose(now, &p.id, &p.nick, p.legacy);
                         json!({
                             "peer": p.id, "nick": p.nick, "state": d.state.as_str(), "path": d.path.as_str(),
                             "unicast_out": d.unicast_out.as_str(), "unicast_in": d.unicast_in.as_str(),

@@ -28,11 +28,11 @@ pub enum NetEvent {
     Accepted {
         conn: ConnId,
         remote: SocketAddr,
-        writer: mpsc::UnboundedSender<Vec<u8>>,
+        writer: Writer,
     },
     Connected {
         conn: ConnId,
-        writer: mpsc::UnboundedSender<Vec<u8>>,
+        writer: Writer,
     },
     Data {
         conn: ConnId,
@@ -44,8 +44,16 @@ pub enum NetEvent {
     },
 }
 
+/// Where a stream's bytes go, and the task that writes them (awaited at shutdown, so a
+/// stream's last words, `</stream:stream>` among them, reach the peer).
+pub struct Writer {
+    bytes: mpsc::UnboundedSender<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 pub struct Streams {
     writers: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
+    tasks: HashMap<ConnId, tokio::task::JoinHandle<()>>,
     events: mpsc::UnboundedSender<NetEvent>,
 }
 
@@ -53,6 +61,7 @@ impl Streams {
     pub fn new(events: mpsc::UnboundedSender<NetEvent>) -> Streams {
         Streams {
             writers: HashMap::new(),
+            tasks: HashMap::new(),
             events,
         }
     }
@@ -85,12 +94,21 @@ impl Streams {
         }
     }
 
-    pub fn add_writer(&mut self, conn: ConnId, w: mpsc::UnboundedSender<Vec<u8>>) {
-        self.writers.insert(conn, w);
+    pub fn add_writer(&mut self, conn: ConnId, w: Writer) {
+        self.writers.insert(conn, w.bytes);
+        self.tasks.insert(conn, w.task);
     }
 
     pub fn forget(&mut self, conn: ConnId) {
         self.writers.remove(&conn);
+        self.tasks.remove(&conn);
+    }
+
+    /// Shutting down: lets every writer finish what it was given (within `limit`).
+    pub async fn finish(mut self, limit: Duration) {
+        self.writers.clear();
+        let all = join_all(self.tasks.drain().map(|(_, t)| t).collect());
+        let _ = tokio::time::timeout(limit, all).await;
     }
 }
 
@@ -106,18 +124,20 @@ async fn connect(conn: ConnId, addr: SocketAddr, events: mpsc::UnboundedSender<N
     }
 }
 
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// Spawns the reader and writer of a stream; returns where to send bytes.
-fn run_stream(
-    conn: ConnId,
-    stream: TcpStream,
-    events: mpsc::UnboundedSender<NetEvent>,
-) -> mpsc::UnboundedSender<Vec<u8>> {
+fn run_stream(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSender<NetEvent>) -> Writer {
     let _ = stream.set_nodelay(true);
     // Data unacknowledged this long fails the stream (instead of ~15 minutes of retransmits).
     let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
             if wr.write_all(&bytes).await.is_err() {
                 break;
@@ -146,7 +166,7 @@ fn run_stream(
         };
         let _ = events.send(NetEvent::Closed { conn, failed });
     });
-    tx
+    Writer { bytes: tx, task }
 }
 
 /// Accepts XEP-0174 streams; accepted connections are numbered from [`Messages::ACCEPTED_BASE`].

@@ -1,5 +1,6 @@
-//! The SQLite store (DESIGN.md §5): one file in the data dir, WAL mode. For now it keeps the
-//! node's identity; messages and activity logs join it with their engines.
+//! The SQLite store (DESIGN.md §5): one file in the data dir, WAL mode. It keeps the node's
+//! identity, the invitations and 1:1 messages received (and the messages sent), and the ids
+//! already seen so a copy after a restart is not shown twice.
 
 use std::path::Path;
 
@@ -9,6 +10,19 @@ use crate::error::DaemonError;
 
 pub struct Store {
     conn: Connection,
+}
+
+/// A row of `nbhd messages`: peer ids (ours for what we sent), the nicks they had then.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub from_nick: String,
+    pub to_nick: String,
+    pub text: String,
+    pub via: Option<String>,
+    pub at_ms: u64,
 }
 
 impl Store {
@@ -31,6 +45,17 @@ impl Store {
                  id TEXT NOT NULL,
                  row TEXT NOT NULL,
                  received_ms INTEGER NOT NULL,
+                 PRIMARY KEY (sender, id)
+             );
+             CREATE TABLE IF NOT EXISTS messages (
+                 sender TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 recipient TEXT NOT NULL,
+                 sender_nick TEXT NOT NULL,
+                 recipient_nick TEXT NOT NULL,
+                 text TEXT NOT NULL,
+                 via TEXT,
+                 at_ms INTEGER NOT NULL,
                  PRIMARY KEY (sender, id)
              );
              CREATE TABLE IF NOT EXISTS identity (
@@ -58,6 +83,56 @@ impl Store {
             )
             .map_err(|e| DaemonError::other("store: invitation", e))?;
         Ok(())
+    }
+
+    /// Keeps a 1:1 message sent or received; `via` is None until a sent one is delivered.
+    pub fn add_message(&self, m: &StoredMessage) -> Result<(), DaemonError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO messages (sender, id, recipient, sender_nick, recipient_nick, text, via, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                rusqlite::params![m.from, m.id, m.to, m.from_nick, m.to_nick, m.text, m.via, m.at_ms as i64],
+            )
+            .map_err(|e| DaemonError::other("store: message", e))?;
+        Ok(())
+    }
+
+    /// A message we sent was delivered over `via`.
+    pub fn set_message_via(&self, sender: &str, id: &str, via: &str) -> Result<(), DaemonError> {
+        self.conn
+            .execute(
+                "UPDATE messages SET via = ?3 WHERE sender = ?1 AND id = ?2",
+                rusqlite::params![sender, id, via],
+            )
+            .map_err(|e| DaemonError::other("store: message", e))?;
+        Ok(())
+    }
+
+    /// 1:1 messages oldest first; with `peer`, only those from or to it.
+    pub fn messages(&self, peer: Option<&str>) -> Result<Vec<StoredMessage>, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: messages", e);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, sender, recipient, sender_nick, recipient_nick, text, via, at_ms FROM messages
+                 WHERE ?1 IS NULL OR sender = ?1 OR recipient = ?1 ORDER BY at_ms, rowid",
+            )
+            .map_err(ctx)?;
+        let rows = st
+            .query_map([peer], |r| {
+                Ok(StoredMessage {
+                    id: r.get(0)?,
+                    from: r.get(1)?,
+                    to: r.get(2)?,
+                    from_nick: r.get(3)?,
+                    to_nick: r.get(4)?,
+                    text: r.get(5)?,
+                    via: r.get(6)?,
+                    at_ms: r.get::<_, i64>(7)? as u64,
+                })
+            })
+            .map_err(ctx)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(ctx)
     }
 
     /// Remembers a received message id, so a copy arriving after a restart is not shown again.

@@ -4,6 +4,8 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use nbhd_proto::presence::{Event, Peer};
+
+use crate::store::StoredMessage;
 use serde_json::{json, Value};
 
 pub fn unix_ms() -> u64 {
@@ -38,4 +40,18 @@ pub fn event(e: &Event, now: Instant) -> Option<Value> {
         _ => return None,
     };
     Some(json!({ "type": kind, "at": unix_ms(), "peer": peer(p, now) }))
+}
+
+/// A row of `nbhd messages`: `{id, from, to, text, via, at}` plus the nicks of both ends.
+pub fn message(m: &StoredMessage) -> Value {
+    json!({
+        "id": m.id,
+        "from": m.from,
+        "to": m.to,
+        "from_nick": m.from_nick,
+        "to_nick": m.to_nick,
+        "text": m.text,
+        "via": m.via,
+        "at": m.at_ms,
+    })
 }

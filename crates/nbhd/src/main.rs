@@ -69,7 +69,9 @@ enum Command {
     #[command(
         long_about = "Send a 1:1 message. It goes over TCP when that works, by the courier \
         (multicast) when it does not; the first receipt wins. Exits 0 once the receipt arrives, \
-        1 if none came within --timeout. PEER is a nick, an instance name or a prefix of a peer id."
+        1 if none came within --timeout. PEER is a nick, an instance name or a prefix of a peer id.\n\n\
+        A legacy XEP-0174 client (Pidgin, Salut) sends no receipts: for one, exit 0 means its \
+        open stream took the message, and `--json` says `\"receipt\": false`."
     )]
     Send {
         /// A nick, an instance name or a prefix of a peer id
@@ -92,6 +94,12 @@ enum Command {
     },
     /// Invitations received, each once
     Invitations,
+    /// 1:1 messages sent and received, oldest first (kept in the store: nothing is lost while
+    /// nobody watches `nbhd events`)
+    Messages {
+        /// Only those from or to this peer: a nick, an instance name or a prefix of a peer id
+        peer: Option<String>,
+    },
     /// Path health, one row per peer: which direction of which path is broken
     Doctor,
     /// Show this daemon's identity, names and interfaces
@@ -193,6 +201,15 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             json,
         ),
         Command::Invitations => query(&dir, "invitations", json, print_invitations),
+        Command::Messages { peer } => {
+            let v = Client::connect(&dir)?.call(json!({"cmd": "messages", "peer": peer}))?;
+            if json {
+                print_json(&v);
+            } else {
+                print_messages(&v);
+            }
+            Ok(())
+        }
         Command::Doctor => query(&dir, "doctor", json, print_doctor),
         Command::Stats => query(&dir, "stats", json, |s| {
             println!("{}", serde_json::to_string_pretty(s).unwrap_or_default())
@@ -256,6 +273,23 @@ fn print_invitations(v: &Value) {
     }
 }
 
+fn print_messages(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no messages");
+    }
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+        println!(
+            "{} -> {}  ({})  {}",
+            s("from_nick"),
+            s("to_nick"),
+            r["via"].as_str().unwrap_or("not delivered"),
+            s("text")
+        );
+    }
+}
+
 fn trace(
     captures: Vec<PathBuf>,
     hosts: Vec<String>,
@@ -303,9 +337,15 @@ fn deliver(dir: &DataDir, req: Value, json: bool) -> Result<(), DaemonError> {
     let delivered = v["delivered"].as_bool() == Some(true);
     if json {
         print_json(&v);
+    } else if delivered && v["receipt"].as_bool() == Some(true) {
+        println!(
+            "delivered via {} in {} ms (receipt received)",
+            v["via"].as_str().unwrap_or("?"),
+            v["latency_ms"]
+        );
     } else if delivered {
         println!(
-            "delivered via {} in {} ms",
+            "handed to the peer's stream via {} in {} ms (a legacy XEP-0174 client sends no receipt)",
             v["via"].as_str().unwrap_or("?"),
             v["latency_ms"]
         );
@@ -322,7 +362,7 @@ fn deliver(dir: &DataDir, req: Value, json: bool) -> Result<(), DaemonError> {
 fn print_doctor(v: &Value) {
     let rows = v.as_array().cloned().unwrap_or_default();
     if rows.is_empty() {
-        println!("no nbhd peers seen yet");
+        println!("no peers seen yet");
         return;
     }
     println!(

@@ -2,103 +2,14 @@
 //! and real peers nobody here wrote (python-zeroconf, avahi-daemon). Root only; they skip with a
 //! message elsewhere. Names start with `netns_` so nextest runs them in one serial group.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::*;
 use nbhd_lab::{skip_unless_root, wait_for, Lab};
 use serde_json::Value;
-
-const NBHD: &str = env!("CARGO_BIN_EXE_nbhd");
-
-fn support(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(file)
-        .display()
-        .to_string()
-}
-
-fn data_dir(lab: &Lab, i: usize) -> PathBuf {
-    lab.dir.join(format!("data-h{}", i + 1))
-}
-
-/// Runs `nbhd --data-dir <h's dir> ARGS` inside host `i`.
-fn nbhd(lab: &Lab, i: usize, dir: &Path, args: &[&str]) -> Output {
-    let mut c = lab.command(i, NBHD);
-    c.arg("--data-dir").arg(dir).args(args);
-    c.output().expect("run nbhd")
-}
-
-fn start(lab: &mut Lab, i: usize, nick: &str, extra: &[&str]) -> u32 {
-    let dir = data_dir(lab, i);
-    let log = lab.dir.join(format!("nbhd-h{}-{nick}.log", i + 1));
-    let mut c = lab.command(i, NBHD);
-    c.env("NBHD_LOG", "info")
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["up", "--nick", nick])
-        .args(extra);
-    let pid = lab.spawn_command(c, &log).expect("spawn nbhd up");
-    // The control socket appears once the daemon has its data dir, lock, interfaces and sockets.
-    let ok = wait_for(Duration::from_secs(20), || {
-        nbhd(lab, i, &dir, &["status", "--json"]).status.success()
-    });
-    assert!(
-        ok.is_some(),
-        "daemon on h{} did not come up; log:\n{}",
-        i + 1,
-        read(&log)
-    );
-    pid
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn peers(lab: &Lab, i: usize) -> Vec<Value> {
-    let out = nbhd(lab, i, &data_dir(lab, i), &["peers", "--json"]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn nicks(lab: &Lab, i: usize) -> Vec<String> {
-    let mut v: Vec<String> = peers(lab, i)
-        .iter()
-        .filter_map(|p| p["nick"].as_str().map(String::from))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Waits until host `i` lists `instance`; its row. On timeout, the panic shows `log`.
-fn wait_for_listed(lab: &Lab, i: usize, instance: &str, log: &Path, what: &str) -> Value {
-    wait_for(Duration::from_secs(20), || {
-        peers(lab, i).iter().any(|p| p["instance"] == instance)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "nbhd did not list {instance}: {:?}; {what} log:\n{}",
-            peers(lab, i),
-            read(log)
-        )
-    });
-    peers(lab, i)
-        .into_iter()
-        .find(|p| p["instance"] == instance)
-        .expect("listed")
-}
-
-fn status(lab: &Lab, i: usize) -> Value {
-    let out = nbhd(lab, i, &data_dir(lab, i), &["status", "--json"]);
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
 
 #[test]
 fn netns_three_daemons_find_each_other_then_leave_by_goodbye_and_by_kill() {
@@ -110,17 +21,14 @@ fn netns_three_daemons_find_each_other_then_leave_by_goodbye_and_by_kill() {
     let t0 = Instant::now();
     let names = ["alice", "bob", "carol"];
     let mut pids = Vec::new();
-    let events_log = lab.dir.join("events-h1.jsonl");
+    let mut events_log = None;
     for (i, n) in names.iter().enumerate() {
         pids.push(start(&mut lab, i, n, &["--record-ttl", ttl]));
         if i == 0 {
-            let mut c = lab.command(0, NBHD);
-            c.arg("--data-dir")
-                .arg(data_dir(&lab, 0))
-                .args(["events", "--json"]);
-            lab.spawn_command(c, &events_log).expect("nbhd events");
+            events_log = Some(follow_events(&mut lab, 0));
         }
     }
+    let events_log = events_log.expect("alice follows events");
     let all_seen = wait_for(Duration::from_secs(20), || {
         (0..3).all(|i| {
             let mut want: Vec<String> = names
@@ -515,22 +423,6 @@ fn netns_nbhd_lists_an_avahi_static_service_as_legacy() {
     assert_eq!(row["port"], 5298);
 }
 
-/// Runs `nbhd --json ARGS` on host `i`; (exit code, parsed stdout).
-fn nbhd_json(lab: &Lab, i: usize, args: &[&str]) -> (Option<i32>, Value) {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let out = nbhd(lab, i, &data_dir(lab, i), &a);
-    (
-        out.status.code(),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-    )
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[test]
 fn netns_invitations_survive_the_seed_black_hole_by_courier() {
     if skip_unless_root("netns_invitations_survive_the_seed_black_hole_by_courier") {
@@ -544,13 +436,7 @@ fn netns_invitations_survive_the_seed_black_hole_by_courier() {
         (0..3).all(|i| nicks(&lab, i).len() == 2)
     })
     .expect("all see all");
-    let events_log = lab.dir.join("alice-events.jsonl");
-    let mut follow = lab.command(0, NBHD);
-    follow
-        .arg("--data-dir")
-        .arg(data_dir(&lab, 0))
-        .args(["events", "--json"]);
-    lab.spawn_command(follow, &events_log).unwrap();
+    let events_log = follow_events(&mut lab, 0);
 
     // Healthy path: TCP.
     let mut healthy = Vec::new();
@@ -827,7 +713,15 @@ fn netns_hostile_stream_peers_get_a_stream_error_and_the_daemon_keeps_serving() 
         );
     }
     let log = read(&lab.dir.join("nbhd-h2-bob.log"));
-    assert!(log.contains("refused"), "bob logs what it refused");
+    assert!(
+        log.contains("dropped") && log.contains("stream-error"),
+        "bob logs what it dropped: {log}"
+    );
+    let (_, stats) = nbhd_json(&lab, 1, &["stats"]);
+    assert_eq!(
+        stats["messages"]["dropped"]["stream-error"], 4,
+        "each hostile stream counted once: {stats}"
+    );
     // Still serving: alice's invitation arrives.
     let (code, v) = nbhd_json(
         &lab,

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::stanza::{self, Activity, Stanza};
+use super::stanza::{self, Activity, Stanza, StanzaError};
 use super::xml::{self, Element, StreamError, StreamEvent, StreamParser};
 use crate::frame::{self, Kind};
 use crate::identity::{self, Identity, Signature};
@@ -49,6 +49,10 @@ pub const OBSERVATION_WINDOW: Duration = Duration::from_secs(60);
 pub const ASK_AFTER_LOST: u32 = 2;
 /// A connect that has not completed by then is a failure (the kernel would wait ~127 s).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// After our `</stream:stream>`, how long we wait for the peer's before closing anyway.
+pub const STREAM_END_WAIT: Duration = Duration::from_secs(2);
+/// A legacy peer's stream broke before it took a stanza: open another after this.
+pub const LEGACY_RETRY: Duration = Duration::from_secs(1);
 
 pub type ConnId = u64;
 
@@ -84,6 +88,9 @@ pub enum Event {
         peer: String,
         via: Via,
         latency: Duration,
+        /// The peer's receipt came back. False for a legacy XEP-0174 peer, which sends none: its
+        /// open stream took the stanza, and that is all anyone can know.
+        receipt: bool,
     },
     Failed {
         id: String,
@@ -104,10 +111,13 @@ pub enum Event {
         /// The peer that carried it, when it came through a relay.
         relayed_by: Option<String>,
     },
-    /// Something was refused and logged: a bad signature, a stream error.
-    Refused {
+    /// A stanza, frame or stream we would not take: a bad signature, a stream error, a stanza
+    /// we cannot read. Counted in [`Messages::stats`] by `reason`, so the driver can log it
+    /// (rate-limited) without losing count.
+    Dropped {
         from: String,
-        why: String,
+        reason: &'static str,
+        detail: String,
     },
 }
 
@@ -125,10 +135,19 @@ pub struct PeerInfo {
     pub legacy: bool,
 }
 
+/// Counters for `nbhd stats`: what the engine dropped, by reason.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
 struct Conn {
     peer: Option<String>,
     parser: StreamParser,
-    connected: bool,
+    /// Our stream header went out (so an end may follow it).
+    header_sent: bool,
+    /// We sent `</stream:stream>` at this time and wait for the peer's (RFC 6120 §4.4).
+    ending: Option<Instant>,
     outgoing: bool,
     our_nonce: [u8; 16],
     authenticated: bool,
@@ -152,6 +171,8 @@ struct Delivery {
     /// When to hand it to a relay, and whether that was done.
     relay_at: Option<Instant>,
     relayed: bool,
+    /// A legacy peer's stream broke before it took the stanza: when to open another.
+    legacy_retry_at: Option<Instant>,
 }
 
 pub struct Messages {
@@ -176,6 +197,7 @@ pub struct Messages {
     rng: SmallRng,
     /// While handling a relayed stanza: who relayed it.
     relayed_by: Option<String>,
+    stats: Stats,
 }
 
 impl Messages {
@@ -197,7 +219,22 @@ impl Messages {
             events: VecDeque::new(),
             rng: SmallRng::seed_from_u64(seed),
             relayed_by: None,
+            stats: Stats::default(),
         }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Counts and reports something we would not take.
+    fn drop_input(&mut self, from: &str, reason: &'static str, detail: String) {
+        *self.stats.dropped.entry(reason).or_default() += 1;
+        self.events.push_back(Event::Dropped {
+            from: from.to_string(),
+            reason,
+            detail,
+        });
     }
 
     pub fn set_peer(&mut self, p: PeerInfo) {
@@ -235,7 +272,7 @@ impl Messages {
     ) -> Option<String> {
         let id = self.new_id();
         let s = Stanza::Chat {
-            id: id.clone(),
+            id: Some(id.clone()),
             body: body.to_string(),
             receipt_requested: true,
         };
@@ -281,16 +318,15 @@ impl Messages {
             tcp_conn: None,
             relay_at: None,
             relayed: false,
+            legacy_retry_at: None,
         };
         if info.legacy {
-            d.tcp_conn = Some(self.send_on_stream(now, &info, d.stanza.to_stanza_bytes()));
+            // Its one stream, whoever opened it; no courier, relay or receipt (DESIGN.md §4.2).
+            let (conn, sent) = self.send_on_stream(now, &info, d.stanza.to_stanza_bytes());
+            d.tcp_conn = Some(conn);
             self.deliveries.insert(id.to_string(), d);
-            if self
-                .conns
-                .values()
-                .any(|c| c.peer.as_deref() == Some(peer) && c.outgoing && c.authenticated)
-            {
-                self.legacy_delivered(now, peer);
+            if sent {
+                self.legacy_delivered(now, conn);
             }
             return true;
         }
@@ -298,7 +334,7 @@ impl Messages {
             Via::Tcp => {
                 d.courier_at = courier_after.map(|a| now + a);
                 let bytes = d.stanza.to_stanza_bytes();
-                d.tcp_conn = Some(self.send_on_stream(now, &info, bytes));
+                d.tcp_conn = Some(self.send_on_stream(now, &info, bytes).0);
                 self.deliveries.insert(id.to_string(), d);
             }
             Via::Courier | Via::Relay => {
@@ -313,22 +349,37 @@ impl Messages {
         true
     }
 
-    /// Writes to the peer's stream, opening one if needed; the stream's id.
-    fn send_on_stream(&mut self, now: Instant, info: &PeerInfo, bytes: Vec<u8>) -> ConnId {
-        let existing = self
+    /// Writes to the peer's stream, opening one if needed: the stream's id, and whether the
+    /// bytes went out now (false: queued until the stream is open). To an nbhd peer, on our own
+    /// outgoing stream, whose opening is our evidence that unicast works; to a legacy peer, on
+    /// its one stream whoever opened it (Pidgin keeps one per buddy and drops the older when a
+    /// second arrives, so replying on a new connection would cut the one it uses).
+    fn send_on_stream(&mut self, now: Instant, info: &PeerInfo, bytes: Vec<u8>) -> (ConnId, bool) {
+        let usable = |c: &Conn| {
+            c.ending.is_none() && c.peer.as_deref() == Some(&info.id) && (c.outgoing || info.legacy)
+        };
+        let open = self
             .conns
-            .iter_mut()
-            .find(|(_, c)| c.peer.as_deref() == Some(&info.id) && c.outgoing);
-        match existing {
-            Some((id, c)) if c.authenticated => {
-                self.actions.push_back(Action::Send { conn: *id, bytes });
-                *id
+            .iter()
+            .find(|(_, c)| usable(c) && c.authenticated)
+            .map(|(id, _)| *id);
+        let pending = self
+            .conns
+            .iter()
+            .find(|(_, c)| usable(c) && c.outgoing)
+            .map(|(id, _)| *id);
+        match (open, pending) {
+            (Some(conn), _) => {
+                self.actions.push_back(Action::Send { conn, bytes });
+                (conn, true)
             }
-            Some((id, c)) => {
-                c.queue.push(bytes);
-                *id
+            (None, Some(conn)) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.queue.push(bytes);
+                }
+                (conn, false)
             }
-            None => {
+            (None, None) => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
                 let nonce: [u8; 16] = self.rng.gen();
@@ -337,7 +388,8 @@ impl Messages {
                     Conn {
                         peer: Some(info.id.clone()),
                         parser: StreamParser::new(),
-                        connected: false,
+                        header_sent: false,
+                        ending: None,
                         outgoing: true,
                         our_nonce: nonce,
                         authenticated: false,
@@ -350,7 +402,7 @@ impl Messages {
                     conn,
                     addr: info.addr,
                 });
-                conn
+                (conn, false)
             }
         }
     }
@@ -360,7 +412,7 @@ impl Messages {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.connected = true;
+        c.header_sent = true;
         let peer = c.peer.clone().unwrap_or_default();
         let nonce = c.our_nonce;
         let to = self
@@ -384,7 +436,8 @@ impl Messages {
             Conn {
                 peer: None,
                 parser: StreamParser::new(),
-                connected: true,
+                header_sent: false,
+                ending: None,
                 outgoing: false,
                 our_nonce: nonce,
                 authenticated: false,
@@ -410,6 +463,13 @@ impl Messages {
             return;
         };
         if let Some(peer) = c.peer {
+            if self.peers.get(&peer).is_some_and(|p| p.legacy) {
+                self.legacy_stream_lost(now, conn);
+                if failed || !c.authenticated {
+                    self.paths.on_tcp_failed(now, &peer);
+                }
+                return;
+            }
             if failed || !c.authenticated {
                 self.paths.on_tcp_failed(now, &peer);
                 // Whatever waited for this stream goes by courier at once.
@@ -439,8 +499,12 @@ impl Messages {
                 StreamEvent::Header(attrs) => self.on_header(now, conn, &attrs),
                 StreamEvent::Stanza(e) => self.on_stream_stanza(now, conn, e),
                 StreamEvent::End => {
-                    self.actions.push_back(Action::Close { conn });
-                    self.conns.remove(&conn);
+                    // RFC 6120 §4.4: answered with our own end (unless we ended first), then
+                    // the close.
+                    self.end_stream(now, conn);
+                    if self.conns.remove(&conn).is_some() {
+                        self.actions.push_back(Action::Close { conn });
+                    }
                     return;
                 }
             }
@@ -476,7 +540,7 @@ impl Messages {
                 for bytes in queued {
                     self.actions.push_back(Action::Send { conn, bytes });
                 }
-                self.legacy_delivered(now, &peer);
+                self.legacy_delivered(now, conn);
             }
             return;
         }
@@ -485,8 +549,36 @@ impl Messages {
                 let c = self.conns.get_mut(&conn).expect("present");
                 c.peer = Some(p.id.clone());
                 c.authenticated = true;
+                c.header_sent = true;
                 let out = xml::stream_header(&self.my_instance, &from);
                 self.actions.push_back(Action::Send { conn, bytes: out });
+                // Its handshake reached us and ours it: TCP works both ways.
+                self.paths.on_tcp_ok(now, &p.id, None);
+                // One stream per legacy peer, the newest, as Pidgin keeps it: what waited on
+                // an older one moves here.
+                let older: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(id, c)| **id != conn && c.peer.as_deref() == Some(&p.id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for old in older {
+                    let queued = self
+                        .conns
+                        .get_mut(&old)
+                        .map(|c| std::mem::take(&mut c.queue))
+                        .unwrap_or_default();
+                    for bytes in queued {
+                        self.actions.push_back(Action::Send { conn, bytes });
+                    }
+                    for d in self.deliveries.values_mut() {
+                        if d.tcp_conn == Some(old) {
+                            d.tcp_conn = Some(conn);
+                        }
+                    }
+                    self.end_stream(now, old);
+                }
+                self.legacy_delivered(now, conn);
             }
             Some(_) => self.stream_error(
                 conn,
@@ -494,6 +586,9 @@ impl Messages {
             ),
             None => {
                 // An nbhd peer (or a stranger): our header and nonce, then authentication.
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.header_sent = true;
+                }
                 let mut out = xml::stream_header(&self.my_instance, &from);
                 out.extend(self.auth_element(&nonce).to_stanza_bytes());
                 self.actions.push_back(Action::Send { conn, bytes: out });
@@ -503,34 +598,109 @@ impl Messages {
 
     /// Legacy clients send no receipts: a stanza the open stream took is as delivered as it
     /// gets (XEP-0174 has nothing more).
-    fn legacy_delivered(&mut self, now: Instant, peer: &str) {
+    fn legacy_delivered(&mut self, now: Instant, conn: ConnId) {
         let done: Vec<String> = self
             .deliveries
             .iter()
-            .filter(|(_, d)| d.peer == peer)
+            .filter(|(_, d)| d.tcp_conn == Some(conn))
             .map(|(id, _)| id.clone())
             .collect();
         for id in done {
             let d = self.deliveries.remove(&id).expect("listed");
             self.events.push_back(Event::Delivered {
                 id,
-                peer: peer.to_string(),
+                peer: d.peer,
                 via: Via::Tcp,
                 latency: now - d.started,
+                receipt: false,
             });
         }
+    }
+
+    /// A legacy peer's stream is gone before it took what waited on it: try a new stream in a
+    /// moment, until the delivery's deadline.
+    fn legacy_stream_lost(&mut self, now: Instant, conn: ConnId) {
+        for d in self.deliveries.values_mut() {
+            if d.tcp_conn == Some(conn) {
+                d.tcp_conn = None;
+                d.legacy_retry_at = Some(now + LEGACY_RETRY);
+            }
+        }
+    }
+
+    fn drive_legacy_retries(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.legacy_retry_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let d = self.deliveries.get_mut(&id).expect("listed");
+            d.legacy_retry_at = None;
+            let (peer, bytes) = (d.peer.clone(), d.stanza.to_stanza_bytes());
+            let Some(info) = self.peers.get(&peer).cloned() else {
+                continue;
+            };
+            let (conn, sent) = self.send_on_stream(now, &info, bytes);
+            if let Some(d) = self.deliveries.get_mut(&id) {
+                d.tcp_conn = Some(conn);
+            }
+            if sent {
+                self.legacy_delivered(now, conn);
+            }
+        }
+    }
+
+    /// Ends a stream as RFC 6120 §4.4 says: `</stream:stream>`, then nothing more from us
+    /// until the peer's own end (or its close, or [`STREAM_END_WAIT`]), and only then the
+    /// TCP close. Closing at once makes libpurple log "closed without stream end": our FIN
+    /// overtakes its reading of our end tag.
+    fn end_stream(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.ending.is_some() {
+            return;
+        }
+        let peer = c.peer.clone();
+        if c.header_sent {
+            c.ending = Some(now);
+            self.actions.push_back(Action::Send {
+                conn,
+                bytes: xml::STREAM_END.to_vec(),
+            });
+        } else {
+            self.conns.remove(&conn);
+            self.actions.push_back(Action::Close { conn });
+        }
+        if peer.is_some_and(|p| self.peers.get(&p).is_some_and(|p| p.legacy)) {
+            self.legacy_stream_lost(now, conn);
+        }
+    }
+
+    /// Shutting down: every stream ends with `</stream:stream>`, so no peer sees a reset. The
+    /// driver keeps feeding stream input until [`Messages::has_streams`] says none is left (or
+    /// its own patience ends).
+    pub fn close(&mut self, now: Instant) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.end_stream(now, conn);
+        }
+    }
+
+    /// True while some stream is open or ending.
+    pub fn has_streams(&self) -> bool {
+        !self.conns.is_empty()
     }
 
     fn stream_error(&mut self, conn: ConnId, e: StreamError) {
         let from = self
             .conns
             .get(&conn)
-            .and_then(|c| c.peer.clone())
+            .and_then(|c| c.peer.clone().or_else(|| c.remote.map(|r| r.to_string())))
             .unwrap_or_else(|| "unknown peer".into());
-        self.events.push_back(Event::Refused {
-            from,
-            why: e.to_string(),
-        });
+        self.drop_input(&from, "stream-error", e.to_string());
         self.actions.push_back(Action::Send {
             conn,
             bytes: e.to_bytes(),
@@ -578,7 +748,13 @@ impl Messages {
     /// We relay: `from` asked us to carry a stanza to another peer over our own stream.
     fn forward_for(&mut self, now: Instant, from: &str, request: &Element) {
         let to = request.get_attr("to").unwrap_or("");
-        let Some(target) = self.peers.get(to).cloned().filter(|t| t.id != from) else {
+        // Never to a legacy peer: it could not tell a relayed stanza from ours.
+        let Some(target) = self
+            .peers
+            .get(to)
+            .cloned()
+            .filter(|t| t.id != from && !t.legacy)
+        else {
             return;
         };
         let Some(inner) = request.get_child(NS_FORWARD, "forwarded") else {
@@ -624,11 +800,13 @@ impl Messages {
                 self.on_stanza(now, origin, e, Via::Relay, None);
                 self.relayed_by = None;
             }
-            Ok(Stanza::Chat { .. }) => self.events.push_back(Event::Refused {
-                from: origin.to_string(),
-                why: format!("unsigned chat relayed by {relayer}: a relay could have forged it"),
-            }),
-            Err(_) => {}
+            Ok(Stanza::Chat { .. }) => self.drop_input(
+                origin,
+                "relayed-chat",
+                format!("unsigned chat relayed by {relayer}: a relay could have forged it"),
+            ),
+            Ok(Stanza::Typing) => {}
+            Err(e) => self.drop_input(origin, "malformed-stanza", format!("relayed: {e:?}")),
         }
     }
 
@@ -645,8 +823,12 @@ impl Messages {
             let d = self.deliveries.get_mut(&id).expect("listed");
             d.relayed = true;
             let (target, stanza) = (d.peer.clone(), d.stanza.clone());
-            let mut candidates: Vec<&String> =
-                self.peers.keys().filter(|p| **p != target).collect();
+            let mut candidates: Vec<&String> = self
+                .peers
+                .values()
+                .filter(|p| p.id != target && !p.legacy)
+                .map(|p| &p.id)
+                .collect();
             // Peers whose TCP path is known to work first.
             candidates.sort_by_key(|p| self.paths.state(now, p) != crate::paths::PathState::Up);
             if let Some(relay) = candidates.first().map(|p| p.to_string()) {
@@ -744,14 +926,40 @@ impl Messages {
 
     /// A stanza from an authenticated peer, by TCP or courier.
     fn on_stanza(&mut self, now: Instant, peer: &str, e: Element, via: Via, conn: Option<ConnId>) {
+        // XEP-0184 §5: a receipt answers only a stanza that asked for one (legacy clients
+        // never ask, and would not know what to do with the answer).
+        let wants_receipt = e.get_child(stanza::NS_RECEIPTS, "request").is_some();
         let s = match Stanza::from_element(&e) {
             Ok(s) => s,
-            Err(_) => return, // not ours to handle
+            Err(StanzaError::Unsupported(what)) => {
+                return self.drop_input(peer, "unsupported-stanza", what)
+            }
+            Err(StanzaError::Malformed(why)) => {
+                return self.drop_input(peer, "malformed-stanza", why.to_string())
+            }
         };
         match s {
             Stanza::Receipt { of } => self.on_receipt(now, peer, &of, via),
+            Stanza::Typing => {}
             Stanza::Chat { id, body, .. } => {
-                self.send_receipt(now, peer, &id, via, conn);
+                let legacy = self.peers.get(peer).is_some_and(|p| p.legacy);
+                let id = match id {
+                    Some(id) => id,
+                    // libpurple sets no id. The message is still one a person typed: a local id
+                    // names it (random, not a hash of the text: the same words twice are two
+                    // messages). nbhd peers always set one, and their receipts need it.
+                    None if legacy => format!("local-{}", self.new_id()),
+                    None => {
+                        return self.drop_input(
+                            peer,
+                            "chat-without-id",
+                            "an nbhd peer's chat message carries no id".into(),
+                        )
+                    }
+                };
+                if wants_receipt {
+                    self.send_receipt(now, peer, &id, via, conn);
+                }
                 if self.seen.insert((peer.to_string(), id.clone())) {
                     self.events.push_back(Event::Message {
                         from: peer.to_string(),
@@ -780,13 +988,15 @@ impl Messages {
                     _ => false,
                 };
                 if !valid {
-                    self.events.push_back(Event::Refused {
-                        from: peer.to_string(),
-                        why: "invitation unsigned or badly signed".into(),
-                    });
-                    return;
+                    return self.drop_input(
+                        peer,
+                        "bad-signature",
+                        "invitation unsigned or badly signed".into(),
+                    );
                 }
-                self.send_receipt(now, peer, &id, via, conn);
+                if wants_receipt {
+                    self.send_receipt(now, peer, &id, via, conn);
+                }
                 if self.seen.insert((peer.to_string(), id.clone())) {
                     self.events.push_back(Event::Invitation {
                         from: peer.to_string(),
@@ -860,6 +1070,7 @@ impl Messages {
             peer: peer.to_string(),
             via,
             latency: now - d.started,
+            receipt: true,
         });
     }
 
@@ -878,7 +1089,9 @@ impl Messages {
 
     /// A datagram from the neighborhood channel.
     pub fn handle_courier(&mut self, now: Instant, bytes: &[u8]) -> Result<(), frame::Error> {
-        let f = frame::Repr::parse(bytes)?;
+        let f = frame::Repr::parse(bytes).inspect_err(|e| {
+            self.drop_input("courier channel", "bad-frame", e.to_string());
+        })?;
         if f.recipient != self.me.public() || f.sender == self.me.public() {
             return Ok(()); // for someone else, or our own echo
         }
@@ -902,6 +1115,11 @@ impl Messages {
         let mut wrapped = xml::stream_header("", "");
         wrapped.extend_from_slice(&f.payload);
         if p.feed(&wrapped).is_err() {
+            self.drop_input(
+                &peer,
+                "malformed-stanza",
+                "courier payload is not a stanza".into(),
+            );
             return Err(frame::Error::Malformed("courier payload is not a stanza"));
         }
         while let Some(ev) = p.poll_event() {
@@ -944,7 +1162,9 @@ impl Messages {
         src: SocketAddr,
         bytes: &[u8],
     ) -> Result<(), frame::Error> {
-        let f = frame::Repr::parse(bytes)?;
+        let f = frame::Repr::parse(bytes).inspect_err(|e| {
+            self.drop_input(&src.to_string(), "bad-frame", e.to_string());
+        })?;
         if f.recipient != self.me.public() {
             return Ok(());
         }
@@ -1083,6 +1303,7 @@ impl Messages {
                     Some(d.deadline),
                     d.courier_at,
                     d.relay_at.filter(|_| !d.relayed),
+                    d.legacy_retry_at,
                 ]
             })
             .flatten()
@@ -1098,7 +1319,12 @@ impl Messages {
             .values()
             .map(|(_, t)| *t + PROBE_TIMEOUT)
             .min();
-        [d, c, p, self.paths.poll_timeout()]
+        let e = self
+            .conns
+            .values()
+            .filter_map(|c| c.ending.map(|t| t + STREAM_END_WAIT))
+            .min();
+        [d, c, p, e, self.paths.poll_timeout()]
             .into_iter()
             .flatten()
             .min()
@@ -1125,9 +1351,20 @@ impl Messages {
             self.actions.push_back(Action::Close { conn });
             self.handle_closed(now, conn, true);
         }
+        let unanswered: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ending.is_some_and(|t| t + STREAM_END_WAIT <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in unanswered {
+            self.conns.remove(&conn);
+            self.actions.push_back(Action::Close { conn });
+        }
         self.drive_courier(now);
         self.drive_relay(now);
         self.drive_probes(now);
+        self.drive_legacy_retries(now);
     }
 }
 

@@ -235,6 +235,24 @@ impl Net {
     }
 }
 
+/// A courier frame from n0 to n1 carrying a chat stanza, signed by n0.
+fn courier_chat_n0_to_n1(id: Option<String>, body: &str) -> Vec<u8> {
+    let chat = super::super::stanza::Stanza::Chat {
+        id,
+        body: body.into(),
+        receipt_requested: true,
+    }
+    .to_element("n0@lab", "n1@lab");
+    let f = crate::frame::Repr {
+        kind: crate::frame::Kind::Courier,
+        sender: Identity::from_secret([1; 32]).public(),
+        recipient: Identity::from_secret([2; 32]).public(),
+        id: 7,
+        payload: chat.to_stanza_bytes(),
+    };
+    f.emit(&Identity::from_secret([1; 32])).unwrap()
+}
+
 #[test]
 fn a_healthy_path_delivers_over_tcp_with_no_courier_frame() {
     let mut net = Net::new(2);
@@ -321,7 +339,7 @@ fn a_badly_signed_invitation_is_refused_and_a_stranger_cannot_talk() {
     assert!(net
         .events
         .iter()
-        .any(|(_, _, e)| matches!(e, Event::Refused { .. } | Event::Failed { .. })));
+        .any(|(_, _, e)| matches!(e, Event::Dropped { .. } | Event::Failed { .. })));
 }
 
 #[test]
@@ -470,10 +488,14 @@ fn a_relay_cannot_forge_a_chat_message() {
     let _ = net.nodes[0].send(now, "n1", "unsigned", Duration::from_secs(4));
     net.run_for(Duration::from_secs(5));
     assert!(net.received(1).is_empty(), "a relayed chat is not believed");
-    assert!(net
-        .events
-        .iter()
-        .any(|(_, n, e)| *n == 1 && matches!(e, Event::Refused { .. })));
+    assert!(net.events.iter().any(|(_, n, e)| *n == 1
+        && matches!(
+            e,
+            Event::Dropped {
+                reason: "relayed-chat",
+                ..
+            }
+        )));
 }
 
 #[test]
@@ -499,22 +521,242 @@ fn ids_seen_before_a_restart_are_not_shown_again_but_still_get_a_receipt() {
     net.nodes[1] = fresh;
     net.events.clear();
     // The same stanza again (a late courier copy, say) is acknowledged but not shown.
-    let again = super::super::stanza::Stanza::Chat {
-        id: id.clone(),
-        body: "once".into(),
-        receipt_requested: true,
-    }
-    .to_element("n0@lab", "n1@lab");
-    let f = crate::frame::Repr {
-        kind: crate::frame::Kind::Courier,
-        sender: Identity::from_secret([1; 32]).public(),
-        recipient: Identity::from_secret([2; 32]).public(),
-        id: 7,
-        payload: again.to_stanza_bytes(),
-    };
-    let bytes = f.emit(&Identity::from_secret([1; 32])).unwrap();
+    let bytes = courier_chat_n0_to_n1(Some(id.clone()), "once");
     let now = net.now;
     net.nodes[1].handle_courier(now, &bytes).unwrap();
     net.drain();
     assert!(net.received(1).is_empty());
+}
+
+/// One engine and a legacy XEP-0174 client scripted byte for byte as finch 2.14 (libpurple's
+/// Bonjour protocol) behaves on the wire.
+mod legacy {
+    use super::*;
+
+    const FRANK: &str = "frank@frankhost";
+    /// finch's stream header: double quotes, an encoding, a newline, no version.
+    const HEADER: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<stream:stream xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\" from=\"frank@frankhost\" to=\"alice@vm\">";
+    const CHAT: &[u8] = b"<message to='alice@vm' from='frank@frankhost' type='chat'><body>same words</body><html xmlns='http://www.w3.org/1999/xhtml'><body><font>same words</font></body></html><x xmlns='jabber:x:event'><composing/></x></message>";
+    const TYPING: &[u8] = b"<message to='alice@vm' from='frank@frankhost' type='chat'><x xmlns='jabber:x:event'><composing/><id/></x></message>";
+
+    fn frank_addr() -> SocketAddr {
+        "10.0.0.2:5298".parse().unwrap()
+    }
+
+    fn alice() -> Messages {
+        let mut m = Messages::new(Identity::from_secret([1; 32]), "alice@vm", 1);
+        m.set_peer(PeerInfo {
+            id: FRANK.into(),
+            key: [0; 32],
+            instance: FRANK.into(),
+            addr: frank_addr(),
+            probe_addr: None,
+            legacy: true,
+        });
+        m
+    }
+
+    fn drain(m: &mut Messages) -> (Vec<Action>, Vec<Event>) {
+        let mut a = Vec::new();
+        while let Some(x) = m.poll_action() {
+            a.push(x);
+        }
+        let mut e = Vec::new();
+        while let Some(x) = m.poll_event() {
+            e.push(x);
+        }
+        (a, e)
+    }
+
+    fn sent_text(actions: &[Action]) -> String {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { bytes, .. } => Some(String::from_utf8_lossy(bytes).to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Frank connects from his address and opens his stream; alice answers with her header.
+    fn accepted(m: &mut Messages, now: Instant, conn: ConnId) {
+        m.handle_accepted(now, conn, "10.0.0.2:40574".parse().unwrap());
+        m.handle_data(now, conn, HEADER);
+        let (actions, events) = drain(m);
+        assert!(
+            sent_text(&actions).contains("<stream:stream"),
+            "{actions:?}"
+        );
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn libpurple_chats_without_id_are_each_taken_once_with_no_receipt_and_typing_is_ignored() {
+        let now = Instant::now();
+        let mut m = alice();
+        let conn = Messages::ACCEPTED_BASE;
+        accepted(&mut m, now, conn);
+        m.handle_data(now, conn, CHAT);
+        m.handle_data(now, conn, TYPING);
+        m.handle_data(now, conn, CHAT);
+        let (actions, events) = drain(&mut m);
+        let ids: Vec<&String> = events
+            .iter()
+            .map(|e| match e {
+                Event::Message { from, id, body, .. } => {
+                    assert_eq!((from.as_str(), body.as_str()), (FRANK, "same words"));
+                    id
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(ids.len(), 2, "the same words twice are two messages");
+        assert_ne!(ids[0], ids[1]);
+        assert!(ids.iter().all(|i| i.starts_with("local-")), "{ids:?}");
+        assert!(
+            !sent_text(&actions).contains("received"),
+            "no receipt was asked for: {actions:?}"
+        );
+        assert!(m.stats().dropped.is_empty(), "{:?}", m.stats().dropped);
+    }
+
+    #[test]
+    fn a_reply_goes_on_the_stream_the_legacy_peer_opened_and_counts_without_receipt() {
+        let now = Instant::now();
+        let mut m = alice();
+        let conn = Messages::ACCEPTED_BASE;
+        accepted(&mut m, now, conn);
+        let id = m
+            .send(now, FRANK, "hi frank", Duration::from_secs(5))
+            .unwrap();
+        let (actions, events) = drain(&mut m);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Connect { .. })),
+            "no second connection: {actions:?}"
+        );
+        assert!(actions.iter().any(
+            |a| matches!(a, Action::Send { conn: c, bytes } if *c == conn
+                && String::from_utf8_lossy(bytes).contains("hi frank"))
+        ));
+        assert!(
+            matches!(&events[..], [Event::Delivered { id: i, via: Via::Tcp, receipt: false, .. }] if *i == id),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_second_stream_from_a_legacy_peer_replaces_the_first_politely() {
+        let now = Instant::now();
+        let mut m = alice();
+        let first = Messages::ACCEPTED_BASE;
+        let second = first + 1;
+        accepted(&mut m, now, first);
+        m.handle_accepted(now, second, "10.0.0.2:40575".parse().unwrap());
+        m.handle_data(now, second, HEADER);
+        let (actions, _) = drain(&mut m);
+        assert!(actions.contains(&Action::Send {
+            conn: first,
+            bytes: xml::STREAM_END.to_vec()
+        }));
+        m.handle_data(now, first, b"</stream:stream>");
+        assert_eq!(drain(&mut m).0, vec![Action::Close { conn: first }]);
+        m.send(now, FRANK, "on the new one", Duration::from_secs(5));
+        let (actions, _) = drain(&mut m);
+        assert!(actions
+            .iter()
+            .any(|a| matches!(a, Action::Send { conn, .. } if *conn == second)));
+    }
+
+    #[test]
+    fn a_stream_end_is_answered_with_a_stream_end_and_shutdown_ends_every_stream() {
+        let now = Instant::now();
+        let mut m = alice();
+        let conn = Messages::ACCEPTED_BASE;
+        accepted(&mut m, now, conn);
+        m.handle_data(now, conn, b"</stream:stream>");
+        let (actions, _) = drain(&mut m);
+        assert_eq!(
+            actions,
+            vec![
+                Action::Send {
+                    conn,
+                    bytes: xml::STREAM_END.to_vec()
+                },
+                Action::Close { conn }
+            ]
+        );
+        // At shutdown we end first, and close once the peer has answered in kind (RFC 6120
+        // §4.4), or after STREAM_END_WAIT if it never does.
+        for answers in [true, false] {
+            let mut m = alice();
+            accepted(&mut m, now, conn);
+            m.close(now);
+            let (actions, _) = drain(&mut m);
+            assert_eq!(
+                actions,
+                vec![Action::Send {
+                    conn,
+                    bytes: xml::STREAM_END.to_vec()
+                }]
+            );
+            assert!(m.has_streams());
+            if answers {
+                m.handle_data(now, conn, b"</stream:stream>");
+            } else {
+                assert_eq!(m.poll_timeout(), Some(now + STREAM_END_WAIT));
+                m.handle_timeout(now + STREAM_END_WAIT);
+            }
+            assert_eq!(drain(&mut m).0, vec![Action::Close { conn }]);
+            assert!(!m.has_streams());
+        }
+    }
+
+    #[test]
+    fn a_message_from_a_legacy_peer_is_delivered_on_a_new_stream_after_a_broken_one() {
+        let now = Instant::now();
+        let mut m = alice();
+        let id = m
+            .send(now, FRANK, "persist", Duration::from_secs(10))
+            .unwrap();
+        let (actions, _) = drain(&mut m);
+        let Some(Action::Connect { conn, .. }) = actions.first().cloned() else {
+            panic!("{actions:?}")
+        };
+        m.handle_closed(now, conn, true);
+        let later = now + LEGACY_RETRY;
+        m.handle_timeout(later);
+        let (actions, _) = drain(&mut m);
+        let Some(Action::Connect { conn: again, .. }) = actions.first().cloned() else {
+            panic!("a new connection after {LEGACY_RETRY:?}: {actions:?}")
+        };
+        m.handle_connected(later, again);
+        m.handle_data(later, again, HEADER);
+        let (actions, events) = drain(&mut m);
+        assert!(sent_text(&actions).contains("persist"));
+        assert!(
+            matches!(&events[..], [Event::Delivered { id: i, receipt: false, .. }] if *i == id)
+        );
+    }
+}
+
+#[test]
+fn a_chat_without_id_from_an_nbhd_peer_is_dropped_and_counted() {
+    let mut net = Net::new(2);
+    let bytes = courier_chat_n0_to_n1(None, "who am I");
+    let now = net.now;
+    net.nodes[1].handle_courier(now, &bytes).unwrap();
+    net.drain();
+    assert!(net.received(1).is_empty());
+    assert_eq!(
+        net.nodes[1].stats().dropped.get("chat-without-id"),
+        Some(&1)
+    );
+    assert!(net.events.iter().any(|(_, n, e)| *n == 1
+        && matches!(
+            e,
+            Event::Dropped {
+                reason: "chat-without-id",
+                ..
+            }
+        )));
 }

@@ -15,6 +15,9 @@ use crate::identity::{self, Identity, Signature};
 pub const NS_RECEIPTS: &str = "urn:xmpp:receipts"; // XEP-0184
 pub const NS_CONFERENCE: &str = "jabber:x:conference"; // XEP-0249
 pub const NS_ACTIVITY: &str = "urn:nbhd:activity:0";
+/// XEP-0022 message events: libpurple's Bonjour client marks its chat messages with
+/// `<composing/>` and sends bodiless "is typing" notifications in this namespace.
+pub const NS_EVENT: &str = "jabber:x:event";
 pub const INVITATION_DOMAIN: &[u8] = b"nbhd invitation v0\0";
 
 /// What an invitation names (until shared activities exist, the name is all it carries).
@@ -30,12 +33,16 @@ pub struct Activity {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stanza {
-    /// `<message type='chat'><body>`; `receipt_requested` is XEP-0184's `<request/>`.
+    /// `<message type='chat'><body>`; `receipt_requested` is XEP-0184's `<request/>`. Legacy
+    /// clients may leave out the id (libpurple never sets one): `None` then, and the receiver
+    /// decides what that means.
     Chat {
-        id: String,
+        id: Option<String>,
         body: String,
         receipt_requested: bool,
     },
+    /// A bodiless XEP-0022 event ("is typing", "stopped typing"): nothing to show or store.
+    Typing,
     /// XEP-0184 `<received id='...'/>`.
     Receipt { of: String },
     /// An invitation, with its signature (base64url) if the sender signed it.
@@ -70,12 +77,24 @@ impl Stanza {
                 body,
                 receipt_requested,
             } => {
-                let mut m = base(id, "chat").child(Element::new(NS_CLIENT, "body").text(body));
+                let mut m = Element::new(NS_CLIENT, "message")
+                    .attr("type", "chat")
+                    .attr("from", from)
+                    .attr("to", to);
+                if let Some(id) = id {
+                    m = m.attr("id", id);
+                }
+                m = m.child(Element::new(NS_CLIENT, "body").text(body));
                 if *receipt_requested {
                     m = m.child(Element::new(NS_RECEIPTS, "request"));
                 }
                 m
             }
+            Stanza::Typing => Element::new(NS_CLIENT, "message")
+                .attr("type", "chat")
+                .attr("from", from)
+                .attr("to", to)
+                .child(Element::new(NS_EVENT, "x").child(Element::new(NS_EVENT, "composing"))),
             Stanza::Receipt { of } => base(&format!("r-{of}"), "normal")
                 .child(Element::new(NS_RECEIPTS, "received").attr("id", of)),
             Stanza::Invitation {
@@ -120,10 +139,10 @@ impl Stanza {
                 .ok_or(StanzaError::Malformed("receipt without id"))?;
             return Ok(Stanza::Receipt { of: of.to_string() });
         }
-        if id.is_empty() {
-            return Err(StanzaError::Malformed("message without id"));
-        }
         if let Some(a) = e.get_child(NS_ACTIVITY, "activity") {
+            if id.is_empty() {
+                return Err(StanzaError::Malformed("invitation without id"));
+            }
             let get = |k: &str| a.get_attr(k).unwrap_or("").to_string();
             let port = match a.get_attr("port") {
                 Some(p) => p
@@ -149,12 +168,17 @@ impl Stanza {
                 signature: a.get_attr("sig").map(str::to_string),
             });
         }
+        // The plain `<body>` is the message; an XHTML-IM `<html>` beside it (libpurple sends
+        // one) only restyles the same text, so it is not read.
         if let Some(b) = e.get_child(NS_CLIENT, "body") {
             return Ok(Stanza::Chat {
-                id,
+                id: Some(id).filter(|i| !i.is_empty()),
                 body: b.text_content(),
                 receipt_requested: e.get_child(NS_RECEIPTS, "request").is_some(),
             });
+        }
+        if e.get_child(NS_EVENT, "x").is_some() {
+            return Ok(Stanza::Typing);
         }
         Err(StanzaError::Unsupported(
             "message without body, receipt or invitation".into(),
@@ -253,10 +277,16 @@ mod tests {
     fn chat_receipt_and_invitation_round_trip() {
         for s in [
             Stanza::Chat {
-                id: "m1".into(),
+                id: Some("m1".into()),
                 body: "hi & <bye>".into(),
                 receipt_requested: true,
             },
+            Stanza::Chat {
+                id: None,
+                body: "no id, no receipt".into(),
+                receipt_requested: false,
+            },
+            Stanza::Typing,
             Stanza::Receipt { of: "m1".into() },
             Stanza::Invitation {
                 id: "i1".into(),
@@ -267,6 +297,34 @@ mod tests {
         ] {
             assert_eq!(through_the_wire(&s), s);
         }
+    }
+
+    /// What finch 2.14 (libpurple's Bonjour protocol) put on the wire in our lab, byte for byte:
+    /// no id, a plain body beside an XHTML one, a `jabber:x:event` marker; then a bodiless
+    /// XEP-0022 typing event as iChat sends them.
+    #[test]
+    fn libpurple_stanzas_parse_as_chat_without_id_and_typing() {
+        let mut p = StreamParser::new();
+        p.feed(b"<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<stream:stream xmlns=\"jabber:client\" xmlns:stream=\"http://etherx.jabber.org/streams\" from=\"frank@frankhost\" to=\"alice@vm\">").unwrap();
+        p.feed(b"<message to='alice@vm' from='frank@frankhost' type='chat'><body>second &lt;b&gt;msg&lt;/b&gt; &amp; more</body><html xmlns='http://www.w3.org/1999/xhtml'><body><font>second &lt;b&gt;msg&lt;/b&gt; &amp; more</font></body></html><x xmlns='jabber:x:event'><composing/></x></message>").unwrap();
+        p.feed(b"<message to='alice@vm' from='frank@frankhost' type='chat'><x xmlns='jabber:x:event'><composing/><id/></x></message>").unwrap();
+        let mut got = Vec::new();
+        while let Some(ev) = p.poll_event() {
+            if let StreamEvent::Stanza(e) = ev {
+                got.push(Stanza::from_element(&e).unwrap());
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                Stanza::Chat {
+                    id: None,
+                    body: "second <b>msg</b> & more".into(),
+                    receipt_requested: false,
+                },
+                Stanza::Typing,
+            ]
+        );
     }
 
     #[test]

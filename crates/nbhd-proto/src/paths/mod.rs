@@ -447,6 +447,36 @@ impl Paths {
     }
 }
 
+impl Paths {
+    /// `nbhd doctor`'s row for a legacy XEP-0174 peer: TCP is its only path (no probes, no
+    /// courier), so the handshakes and failures of its streams are all the evidence there is,
+    /// and nothing is known of multicast.
+    pub fn diagnose_legacy(&self, now: Instant, id: &str, nick: &str) -> Diagnosis {
+        let p = self.peers.get(id).cloned().unwrap_or_default();
+        let (uo, ui) = (p.unicast_out.health(now), p.unicast_in.health(now));
+        let failed = p
+            .tcp_failed_at
+            .filter(|t| now.saturating_duration_since(*t) < EVIDENCE_TTL);
+        let (state, text) = match (failed, uo, ui) {
+            (Some(_), _, _) => (
+                PathState::Suspect,
+                format!("a TCP connection to {nick} failed; {nick} is a plain XEP-0174 client (Pidgin, Salut, ...), so TCP is its only path"),
+            ),
+            (None, Health::Ok, Health::Ok) => (PathState::Up, String::new()),
+            _ => (PathState::Unknown, String::new()),
+        };
+        Diagnosis {
+            state,
+            path: Via::Tcp,
+            unicast_out: uo,
+            unicast_in: ui,
+            multicast_out: Health::Unknown,
+            multicast_in: Health::Unknown,
+            text,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,6 +621,33 @@ mod tests {
         assert_eq!(
             p.state(t + EVIDENCE_TTL + Duration::from_secs(1), BOB),
             PathState::Unknown
+        );
+    }
+
+    #[test]
+    fn a_legacy_peer_is_up_after_a_stream_and_suspect_after_a_failed_connect() {
+        let t = Instant::now();
+        let mut p = Paths::new(1);
+        let d = p.diagnose_legacy(t, "frank@box", "Frank");
+        assert_eq!((d.state, d.path), (PathState::Unknown, Via::Tcp));
+        p.on_tcp_ok(t, "frank@box", None);
+        let d = p.diagnose_legacy(t, "frank@box", "Frank");
+        assert_eq!(d.state, PathState::Up);
+        assert_eq!(
+            (d.unicast_out, d.unicast_in, d.multicast_out, d.multicast_in),
+            (Health::Ok, Health::Ok, Health::Unknown, Health::Unknown)
+        );
+        let later = t + Duration::from_secs(30);
+        p.on_tcp_failed(later, "frank@box");
+        let d = p.diagnose_legacy(later, "frank@box", "Frank");
+        assert_eq!(d.state, PathState::Suspect);
+        assert!(d.text.contains("TCP is its only path"), "{}", d.text);
+        p.on_tcp_ok(later + Duration::from_secs(1), "frank@box", None);
+        let d = p.diagnose_legacy(later + Duration::from_secs(1), "frank@box", "Frank");
+        assert_eq!(
+            d.state,
+            PathState::Up,
+            "a stream after the failure heals it"
         );
     }
 }

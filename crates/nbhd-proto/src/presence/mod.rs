@@ -1254,8 +1254,18 @@ impl Presence {
             } else {
                 get("key").filter(|k| !k.is_empty())
             };
+            // XEP-0174 §4: `nick`, else the person's name from `1st` and `last` (libpurple
+            // publishes only those), else the instance's local part.
+            let full_name = [get("1st"), get("last")]
+                .into_iter()
+                .flatten()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
             let nick = get("nick")
-                .filter(|n| !n.is_empty())
+                .filter(|n| !n.trim().is_empty())
+                .or(Some(full_name).filter(|n| !n.is_empty()))
                 .unwrap_or_else(|| instance.split('@').next().unwrap_or(&instance).to_string());
             now_peers.insert(
                 e.record.name.clone(),

@@ -731,8 +731,8 @@ fn a_cache_flush_record_replaces_the_old_address() {
         .any(|e| e.1 == 0 && matches!(e.2, Event::PeerChanged(_))));
 }
 
-#[test]
-fn peers_without_nbhd_are_legacy_and_keyed_by_instance() {
+/// A legacy XEP-0174 instance `pidgin@box` announced with `txt`, as node 0 lists it.
+fn legacy_peer_with_txt(txt: &[&str]) -> Peer {
     let mut lan = Lan::new(vec![config("a", 0, None)]);
     lan.run_for(Duration::from_secs(4));
     let svc = Name::dotted(SERVICE_TYPE);
@@ -757,7 +757,7 @@ fn peers_without_nbhd_are_legacy_and_keyed_by_instance() {
     m.additional.push(Record::new(
         inst,
         4500,
-        RecordData::Txt(vec![b"txtvers=1".to_vec(), b"status=away".to_vec()]),
+        RecordData::Txt(txt.iter().map(|t| t.as_bytes().to_vec()).collect()),
     ));
     m.additional.push(Record::new(
         host,
@@ -766,10 +766,27 @@ fn peers_without_nbhd_are_legacy_and_keyed_by_instance() {
     ));
     lan.inject(0, other(), &m);
     let p = lan.node(0).peers().next().unwrap().clone();
+    p
+}
+
+#[test]
+fn peers_without_nbhd_are_legacy_and_keyed_by_instance() {
+    let p = legacy_peer_with_txt(&["txtvers=1", "status=away"]);
     assert!(p.legacy);
     assert_eq!(p.id, "pidgin@box");
     assert_eq!(p.nick, "pidgin");
     assert_eq!(p.status, "away");
+}
+
+/// libpurple's Bonjour account publishes the person's name as `1st` and `last`, no `nick`.
+#[test]
+fn a_peer_without_nick_is_named_by_first_and_last() {
+    let p = legacy_peer_with_txt(&["txtvers=1", "1st=Frank", "last=Test", "status=avail"]);
+    assert_eq!(p.nick, "Frank Test");
+    let p = legacy_peer_with_txt(&["txtvers=1", "1st=Frank", "last="]);
+    assert_eq!(p.nick, "Frank");
+    let p = legacy_peer_with_txt(&["txtvers=1", "nick=frankie", "1st=Frank", "last=Test"]);
+    assert_eq!(p.nick, "frankie", "nick, when there is one, wins");
 }
 
 #[test]
