@@ -89,13 +89,6 @@ impl Cache {
         self.entries.iter_mut()
     }
 
-    pub fn find(&self, name: &Name, rtype: u16) -> impl Iterator<Item = &Entry> {
-        let name = name.clone();
-        self.entries
-            .iter()
-            .filter(move |e| e.record.name == name && e.record.rtype() == rtype)
-    }
-
     /// Offers a record heard on `iface` at `now` (RFC 6762 §10).
     pub fn insert(
         &mut self,

@@ -1,0 +1,181 @@
+//! Learning from responses: conflicts with our own names (RFC 6762 §9), duplicate answer
+//! suppression (§7.4), the cache, and the peer table derived from it (a peer is an instance with
+//! SRV, TXT and at least one address; its id is its key for nbhd peers, its instance name for
+//! legacy XEP-0174 peers).
+
+use super::*;
+
+impl Presence {
+    pub(super) fn handle_response(&mut self, now: Instant, iface: IfaceId, msg: Message) {
+        let records: Vec<Record> = msg.answers.into_iter().chain(msg.additional).collect();
+        // §9: conflicts. Identical records are our own (or a faithful copy); different data under
+        // one of our unique names is someone else claiming it.
+        let own = self.own_records(iface);
+        let own_addrs = self.all_own_addrs();
+        let inst = self.instance_name();
+        let host = self.host_name();
+        for r in &records {
+            let clash = if r.name == inst {
+                matches!(r.rtype(), TYPE_SRV | TYPE_TXT) && !own.iter().any(|o| o.same_record(r))
+            } else if r.name == host {
+                match &r.data {
+                    RecordData::A(a) => !own_addrs.contains(a),
+                    RecordData::Aaaa(_) => true,
+                    _ => false,
+                }
+            } else {
+                false
+            };
+            if clash && r.ttl > 0 {
+                self.conflict(now, r.name == inst);
+                break;
+            }
+        }
+        // §7.4: duplicate answer suppression.
+        if let Some(p) = self.links.get_mut(&iface).and_then(|l| l.pending.as_mut()) {
+            p.answers.retain(|mine| {
+                !records
+                    .iter()
+                    .any(|r| r.same_record(mine) && r.ttl >= mine.ttl)
+            });
+        }
+        let mut changed = false;
+        for r in &records {
+            if self.is_own_name(&r.name) || !self.is_relevant(r) {
+                continue;
+            }
+            match self.cache.insert(now, iface, r, &mut self.rng) {
+                Insert::New | Insert::Goodbye => changed = true,
+                Insert::Refreshed => changed = true, // last_seen moves
+                Insert::Full => *self.stats.dropped.entry("cache-full").or_default() += 1,
+                Insert::Ignored => {}
+            }
+            if r.ttl > 0 {
+                // An answer arrived: nothing more to resolve for it.
+                self.queries.retain(|q| {
+                    !(q.iface == iface
+                        && q.name == r.name
+                        && (q.qtype == r.rtype() || q.qtype == TYPE_ANY)
+                        && q.kind != QueryKind::Browse)
+                });
+            }
+        }
+        if changed {
+            self.update_peers();
+            self.plan_resolves(now);
+        }
+    }
+
+    /// Records presence keeps: service PTRs, instance SRV/TXT, and addresses.
+    pub(super) fn is_relevant(&self, r: &Record) -> bool {
+        match r.rtype() {
+            TYPE_PTR => r.name == self.service,
+            TYPE_SRV | TYPE_TXT => r.name.parent() == self.service,
+            TYPE_A | TYPE_AAAA => true,
+            _ => false,
+        }
+    }
+
+    pub(super) fn update_peers(&mut self) {
+        let mut now_peers: BTreeMap<Name, Peer> = BTreeMap::new();
+        let entries = self.cache.entries();
+        // TXT records and addresses by owner name, indexed once: each SRV then finds its own in
+        // constant time, so the table is rebuilt in time linear in the cache.
+        let mut txts: HashMap<&Name, &cache::Entry> = HashMap::new();
+        let mut addresses: HashMap<&Name, Vec<&cache::Entry>> = HashMap::new();
+        for e in entries {
+            match e.record.rtype() {
+                TYPE_TXT => {
+                    txts.entry(&e.record.name).or_insert(e);
+                }
+                TYPE_A | TYPE_AAAA => addresses.entry(&e.record.name).or_default().push(e),
+                _ => {}
+            }
+        }
+        for e in entries {
+            let RecordData::Srv { port, target, .. } = &e.record.data else {
+                continue;
+            };
+            if e.record.name.parent() != self.service || now_peers.contains_key(&e.record.name) {
+                continue;
+            }
+            let Some(txt) = txts.get(&e.record.name).copied() else {
+                continue;
+            };
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            let mut last_seen = e.received.max(txt.received);
+            for a in addresses.get(target).into_iter().flatten() {
+                let ip = match a.record.data {
+                    RecordData::A(ip) => IpAddr::V4(ip),
+                    RecordData::Aaaa(ip) => IpAddr::V6(ip),
+                    _ => continue,
+                };
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+                last_seen = last_seen.max(a.received);
+            }
+            if addrs.is_empty() {
+                continue;
+            }
+            addrs.sort();
+            let pairs = match &txt.record.data {
+                RecordData::Txt(s) => RecordData::txt_pairs(s),
+                _ => Vec::new(),
+            };
+            let get = |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+            let instance = e.record.name.first_label().to_string();
+            let legacy = get("nbhd").as_deref() != Some("1");
+            let key = if legacy {
+                None
+            } else {
+                get("key").filter(|k| !k.is_empty())
+            };
+            // XEP-0174 §4: `nick`, else the person's name from `1st` and `last` (libpurple
+            // publishes only those), else the instance's local part.
+            let full_name = [get("1st"), get("last")]
+                .into_iter()
+                .flatten()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let nick = get("nick")
+                .filter(|n| !n.trim().is_empty())
+                .or(Some(full_name).filter(|n| !n.is_empty()))
+                .unwrap_or_else(|| instance.split('@').next().unwrap_or(&instance).to_string());
+            now_peers.insert(
+                e.record.name.clone(),
+                Peer {
+                    id: key.clone().unwrap_or_else(|| instance.clone()),
+                    instance,
+                    nick,
+                    host: target.to_string(),
+                    addrs,
+                    port: *port,
+                    status: get("status").unwrap_or_else(|| "avail".into()),
+                    msg: get("msg").unwrap_or_default(),
+                    legacy,
+                    key,
+                    txt: pairs,
+                    last_seen,
+                },
+            );
+        }
+        for (name, old) in &self.peers {
+            if !now_peers.contains_key(name) {
+                self.events.push_back(Event::PeerDown(old.clone()));
+            }
+        }
+        for (name, new) in &now_peers {
+            match self.peers.get(name) {
+                None => self.events.push_back(Event::PeerUp(new.clone())),
+                Some(old) if !old.same_content(new) => {
+                    self.events.push_back(Event::PeerChanged(new.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        self.peers = now_peers;
+    }
+}
