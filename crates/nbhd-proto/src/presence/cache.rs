@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::wire::{Name, Record};
+use super::wire::Record;
 use super::IfaceId;
 
 /// Refresh queries at 80, 85, 90 and 95 % of the TTL (RFC 6762 §5.2).
