@@ -1,18 +1,20 @@
 //! The local HTTP API and web view (DESIGN.md §5): 127.0.0.1:7640 by default, the next free port
 //! when that one is taken, a bearer token from the data dir's 0600 `token` file.
 //!
-//! A deliberately small HTTP/1.1 server for a handful of GET routes on loopback; it answers
-//! through the same request channel as the control socket so both always agree.
+//! A deliberately small HTTP/1.1 server for the GET routes on loopback (moving to axum is the web
+//! view's work); each route is a typed [`Request`] answered through the same channel as the
+//! control socket, so both always agree. Errors are `{"error": ...}` with 400, 401 or 404.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::control::Request;
+use crate::contract::{ErrorKind, Request};
+use crate::control::{self, Pending};
 
 pub const DEFAULT_API: &str = "127.0.0.1:7640";
 /// How many ports after the default we try before giving up.
@@ -35,7 +37,7 @@ pub async fn bind(explicit: Option<SocketAddr>) -> std::io::Result<TcpListener> 
     Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
 }
 
-pub async fn serve(listener: TcpListener, token: String, requests: mpsc::Sender<Request>) {
+pub async fn serve(listener: TcpListener, token: String, requests: mpsc::Sender<Pending>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -53,14 +55,14 @@ pub async fn serve(listener: TcpListener, token: String, requests: mpsc::Sender<
 async fn serve_one(
     mut stream: TcpStream,
     token: &str,
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<Pending>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 2048];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = stream.read(&mut chunk).await?;
         if n == 0 || buf.len() + n > MAX_REQUEST {
-            return respond(&mut stream, 400, "text/plain", b"bad request\n").await;
+            return error(&mut stream, 400, "bad request").await;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -73,9 +75,9 @@ async fn serve_one(
         k.eq_ignore_ascii_case("authorization") && v.trim() == format!("Bearer {token}")
     });
     if method != "GET" {
-        return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
+        return error(&mut stream, 405, "only GET").await;
     }
-    let path = path.split('?').next().unwrap_or("");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     if path == "/" {
         return respond(
             &mut stream,
@@ -85,43 +87,50 @@ async fn serve_one(
         )
         .await;
     }
-    let cmd = match path {
-        "/api/peers" => "peers",
-        "/api/stats" => "stats",
-        "/api/status" => "status",
-        _ => return respond(&mut stream, 404, "text/plain", b"not found\n").await,
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let request = match path {
+        "/api/peers" => Request::Peers,
+        "/api/stats" => Request::Stats,
+        "/api/status" => Request::Status,
+        "/api/doctor" => Request::Doctor,
+        "/api/invitations" => Request::Invitations,
+        "/api/messages" => Request::Messages {
+            peer: param("peer"),
+        },
+        _ => return error(&mut stream, 404, "no such route").await,
     };
     if !authorized {
-        return respond(
+        return error(
             &mut stream,
             401,
-            "text/plain",
-            b"missing or wrong bearer token (see the data dir's token file)\n",
+            "missing or wrong bearer token (see the data dir's token file)",
         )
         .await;
     }
-    let (tx, rx) = oneshot::channel();
-    let req = Request {
-        cmd: cmd.into(),
-        args: Value::Null,
-        reply: tx,
-    };
-    if requests.send(req).await.is_err() {
-        return respond(&mut stream, 503, "text/plain", b"shutting down\n").await;
-    }
-    match rx.await {
-        Ok(Ok(v)) => {
-            respond(
-                &mut stream,
-                200,
-                "application/json",
-                v.to_string().as_bytes(),
-            )
-            .await
+    match control::ask(&requests, request).await {
+        Ok(reply) => {
+            let body = serde_json::to_vec(&reply).unwrap_or_default();
+            respond(&mut stream, 200, "application/json", &body).await
         }
-        Ok(Err(e)) => respond(&mut stream, 404, "text/plain", e.as_bytes()).await,
-        Err(_) => respond(&mut stream, 503, "text/plain", b"shutting down\n").await,
+        Err(e) => {
+            let code = match e.kind {
+                ErrorKind::Usage => 400,
+                ErrorKind::NotFound => 404,
+            };
+            error(&mut stream, code, &e.error).await
+        }
     }
+}
+
+async fn error(stream: &mut TcpStream, code: u16, message: &str) -> std::io::Result<()> {
+    let body = json!({ "error": message }).to_string();
+    respond(stream, code, "application/json", body.as_bytes()).await
 }
 
 async fn respond(

@@ -1,9 +1,9 @@
 //! The control socket (`nbhd.sock` in the data dir): how the CLI talks to its daemon.
 //!
-//! One JSON request per line, `{"cmd": "..."}`; one JSON reply per line, `{"ok": true, "result":
-//! ...}` or `{"ok": false, "error": "..."}`. `events` replies `{"ok": true}` and then streams one
-//! event object per line until the client hangs up. A Unix socket (not TCP) so that several
-//! daemons can run in one namespace and file permissions guard it.
+//! One [`Request`] per line as JSON; one reply per line, `{"ok": true, "result": <Reply>}` or
+//! `{"ok": false, "error": "...", "kind": "usage"|"not-found"}`. `events` replies `{"ok": true}`
+//! and then streams one [`Event`] per line until the client hangs up. A Unix socket (not TCP) so
+//! that several daemons can run in one namespace and file permissions guard it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -14,22 +14,34 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::contract::{ErrorKind, ErrorReply, Event, Reply, Request};
 use crate::datadir::DataDir;
 use crate::error::DaemonError;
 
 /// A request for the event loop, with where to send its answer.
-pub struct Request {
-    pub cmd: String,
-    pub args: Value,
-    pub reply: oneshot::Sender<Result<Value, String>>,
+pub struct Pending {
+    pub request: Request,
+    pub reply: oneshot::Sender<Result<Reply, ErrorReply>>,
+}
+
+/// Asks the event loop (from a connection task of the control socket or the HTTP API).
+pub async fn ask(requests: &mpsc::Sender<Pending>, request: Request) -> Result<Reply, ErrorReply> {
+    request.validate()?;
+    let (tx, rx) = oneshot::channel();
+    let gone = || ErrorReply::not_found("the daemon is shutting down");
+    requests
+        .send(Pending { request, reply: tx })
+        .await
+        .map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
 }
 
 /// Accepts control connections; each is served in its own task, asking the event loop through
 /// `requests`, and following `events` for streams.
 pub async fn serve(
     listener: UnixListener,
-    requests: mpsc::Sender<Request>,
-    events: broadcast::Sender<Value>,
+    requests: mpsc::Sender<Pending>,
+    events: broadcast::Sender<Event>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -47,60 +59,42 @@ pub async fn serve(
 
 async fn serve_one(
     stream: tokio::net::UnixStream,
-    requests: mpsc::Sender<Request>,
-    mut events: broadcast::Receiver<Value>,
+    requests: mpsc::Sender<Pending>,
+    mut events: broadcast::Receiver<Event>,
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut lines = TokioBufReader::new(rd).lines();
     while let Some(line) = lines.next_line().await? {
-        let req: Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
             Err(e) => {
-                write_line(
-                    &mut wr,
-                    &json!({"ok": false, "error": format!("bad request: {e}")}),
-                )
-                .await?;
+                let err = ErrorReply::usage(format!("bad request: {e}"));
+                write_line(&mut wr, &failure(&err)).await?;
                 continue;
             }
         };
-        let cmd = req
-            .get("cmd")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if cmd == "events" {
+        if request == Request::Events {
             write_line(&mut wr, &json!({"ok": true})).await?;
             loop {
-                match events.recv().await {
-                    Ok(ev) => write_line(&mut wr, &ev).await?,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        write_line(&mut wr, &json!({"type": "lagged", "missed": n})).await?
-                    }
+                let ev = match events.recv().await {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(n)) => Event::Lagged { missed: n },
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                }
+                };
+                write_line(&mut wr, &serde_json::to_value(&ev).unwrap_or(Value::Null)).await?;
             }
         }
-        let (tx, rx) = oneshot::channel();
-        if requests
-            .send(Request {
-                cmd,
-                args: req,
-                reply: tx,
-            })
-            .await
-            .is_err()
-        {
-            return Ok(()); // shutting down
-        }
-        let reply = match rx.await {
-            Ok(Ok(v)) => json!({"ok": true, "result": v}),
-            Ok(Err(e)) => json!({"ok": false, "error": e}),
-            Err(_) => return Ok(()),
+        let reply = match ask(&requests, request).await {
+            Ok(r) => json!({"ok": true, "result": r}),
+            Err(e) => failure(&e),
         };
         write_line(&mut wr, &reply).await?;
     }
     Ok(())
+}
+
+fn failure(e: &ErrorReply) -> Value {
+    json!({"ok": false, "error": e.error, "kind": e.kind})
 }
 
 async fn write_line(wr: &mut tokio::net::unix::OwnedWriteHalf, v: &Value) -> std::io::Result<()> {
@@ -129,8 +123,8 @@ impl Client {
         })
     }
 
-    fn send(&mut self, req: &Value) -> Result<(), DaemonError> {
-        let mut s = req.to_string();
+    fn send(&mut self, req: &Request) -> Result<(), DaemonError> {
+        let mut s = serde_json::to_string(req).map_err(|e| DaemonError::other("request", e))?;
         s.push('\n');
         self.writer
             .write_all(s.as_bytes())
@@ -151,33 +145,36 @@ impl Client {
             .map_err(|e| DaemonError::other("control socket: bad reply", e))
     }
 
-    /// One request, one reply; a daemon-side error becomes [`DaemonError::NotFound`] (exit 1).
-    pub fn call(&mut self, req: Value) -> Result<Value, DaemonError> {
-        self.send(&req)?;
+    /// One request, one reply: its `result` as JSON (the command's `--json` output). A refusal
+    /// becomes [`DaemonError::Usage`] (exit 2) or [`DaemonError::NotFound`] (exit 1).
+    pub fn call(&mut self, req: &Request) -> Result<Value, DaemonError> {
+        self.send(req)?;
         let reply = self
             .read()?
             .ok_or_else(|| DaemonError::Other("the daemon closed the connection".into()))?;
         if reply.get("ok").and_then(Value::as_bool) == Some(true) {
-            Ok(reply.get("result").cloned().unwrap_or(Value::Null))
-        } else {
-            let e = reply
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error");
-            Err(DaemonError::NotFound(e.to_string()))
+            return Ok(reply.get("result").cloned().unwrap_or(Value::Null));
         }
+        let e: ErrorReply = serde_json::from_value(reply.clone())
+            .unwrap_or_else(|_| ErrorReply::not_found(format!("the daemon refused: {reply}")));
+        Err(match e.kind {
+            ErrorKind::Usage => DaemonError::Usage(e.error),
+            ErrorKind::NotFound => DaemonError::NotFound(e.error),
+        })
     }
 
     /// Follows events, calling `each` per event until the daemon goes away or `each` says stop.
-    pub fn follow(&mut self, mut each: impl FnMut(Value) -> bool) -> Result<(), DaemonError> {
-        self.send(&json!({"cmd": "events"}))?;
+    pub fn follow(&mut self, mut each: impl FnMut(Event) -> bool) -> Result<(), DaemonError> {
+        self.send(&Request::Events)?;
         let first = self
             .read()?
             .ok_or_else(|| DaemonError::Other("the daemon closed the connection".into()))?;
         if first.get("ok").and_then(Value::as_bool) != Some(true) {
             return Err(DaemonError::Other(format!("events refused: {first}")));
         }
-        while let Some(ev) = self.read()? {
+        while let Some(v) = self.read()? {
+            let ev: Event = serde_json::from_value(v)
+                .map_err(|e| DaemonError::other("control socket: bad event", e))?;
             if !each(ev) {
                 break;
             }

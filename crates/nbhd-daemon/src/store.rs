@@ -1,115 +1,225 @@
-//! The SQLite store (DESIGN.md §5): one file in the data dir, WAL mode. It keeps the node's
-//! identity, the invitations and 1:1 messages received (and the messages sent), and the ids
-//! already seen so a copy after a restart is not shown twice.
+//! The SQLite store (DESIGN.md §5): one file in the data dir, WAL mode, typed tables.
+//!
+//! It keeps the node's identity, the invitations and 1:1 messages received, the messages sent
+//! (with the path that delivered them), and the ids of messages received before messages were
+//! kept, so a copy after a restart is acknowledged but not shown twice. The Node asks for every
+//! write it needs ([`nbhd_proto::node::StoreWrite`]) and counts nothing as received before
+//! [`Store::apply`] confirmed it.
+//!
+//! The schema is versioned with `PRAGMA user_version` and migrated forward on open, each step in
+//! a transaction: version 0 is the first release's (invitations kept as JSON rows).
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension};
+use nbhd_proto::node::{Record, Restored};
+use nbhd_proto::paths::Via;
+use rusqlite::{Connection, OptionalExtension, Transaction};
 
+use crate::contract::{ActivityRow, InvitationRow, MessageRow};
 use crate::error::DaemonError;
+
+/// Messages received before a restart whose ids are still remembered (without their text: the
+/// first release kept only ids) are recognised for this long.
+const SEEN_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The schema migrations, in order: step `i` takes a store from version `i` to `i + 1`.
+const MIGRATIONS: &[fn(&Transaction) -> rusqlite::Result<()>] = &[to_v1];
 
 pub struct Store {
     conn: Connection,
 }
 
-/// A row of `nbhd messages`: peer ids (ours for what we sent), the nicks they had then.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredMessage {
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    pub from_nick: String,
-    pub to_nick: String,
-    pub text: String,
-    pub via: Option<String>,
-    pub at_ms: u64,
+/// Version 0 → 1: invitations get typed columns (the JSON rows are read once, here), and
+/// 1:1 messages get their table.
+fn to_v1(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS identity (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             secret BLOB NOT NULL,
+             created_ms INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS seen (
+             sender TEXT NOT NULL,
+             id TEXT NOT NULL,
+             at_ms INTEGER NOT NULL,
+             PRIMARY KEY (sender, id)
+         );
+         CREATE TABLE invitations_v1 (
+             sender TEXT NOT NULL,
+             id TEXT NOT NULL,
+             sender_nick TEXT NOT NULL,
+             activity_id TEXT NOT NULL,
+             activity_name TEXT NOT NULL,
+             activity_type TEXT NOT NULL,
+             reason TEXT NOT NULL,
+             via TEXT NOT NULL,
+             relayed_by TEXT,
+             received_ms INTEGER NOT NULL,
+             PRIMARY KEY (sender, id)
+         );
+         CREATE TABLE IF NOT EXISTS messages (
+             sender TEXT NOT NULL,
+             id TEXT NOT NULL,
+             recipient TEXT NOT NULL,
+             sender_nick TEXT NOT NULL,
+             recipient_nick TEXT NOT NULL,
+             text TEXT NOT NULL,
+             via TEXT,
+             at_ms INTEGER NOT NULL,
+             PRIMARY KEY (sender, id)
+         );",
+    )?;
+    let had_json_rows: bool = tx
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('invitations') WHERE name = 'row'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if had_json_rows {
+        tx.execute_batch(
+            "INSERT OR IGNORE INTO invitations_v1
+                 SELECT sender, id,
+                        COALESCE(json_extract(row, '$.from_nick'), ''),
+                        COALESCE(json_extract(row, '$.activity.id'), ''),
+                        COALESCE(json_extract(row, '$.activity.name'), ''),
+                        COALESCE(json_extract(row, '$.activity.type'), ''),
+                        COALESCE(json_extract(row, '$.reason'), ''),
+                        COALESCE(json_extract(row, '$.via'), ''),
+                        json_extract(row, '$.relayed_by'),
+                        received_ms
+                 FROM invitations;
+             DROP TABLE invitations;",
+        )?;
+    } else {
+        tx.execute_batch("DROP TABLE IF EXISTS invitations;")?;
+    }
+    tx.execute_batch("ALTER TABLE invitations_v1 RENAME TO invitations;")
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store, DaemonError> {
         let ctx = |e: rusqlite::Error| DaemonError::other(&format!("store {}", path.display()), e);
-        let conn = Connection::open(path).map_err(ctx)?;
+        let mut conn = Connection::open(path).map_err(ctx)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(ctx)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(ctx)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS seen (
-                 sender TEXT NOT NULL,
-                 id TEXT NOT NULL,
-                 at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (sender, id)
-             );
-             CREATE TABLE IF NOT EXISTS invitations (
-                 sender TEXT NOT NULL,
-                 id TEXT NOT NULL,
-                 row TEXT NOT NULL,
-                 received_ms INTEGER NOT NULL,
-                 PRIMARY KEY (sender, id)
-             );
-             CREATE TABLE IF NOT EXISTS messages (
-                 sender TEXT NOT NULL,
-                 id TEXT NOT NULL,
-                 recipient TEXT NOT NULL,
-                 sender_nick TEXT NOT NULL,
-                 recipient_nick TEXT NOT NULL,
-                 text TEXT NOT NULL,
-                 via TEXT,
-                 at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (sender, id)
-             );
-             CREATE TABLE IF NOT EXISTS identity (
-                 id INTEGER PRIMARY KEY CHECK (id = 1),
-                 secret BLOB NOT NULL,
-                 created_ms INTEGER NOT NULL
-             );",
-        )
-        .map_err(ctx)?;
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .map_err(ctx)? as usize;
+        if version > MIGRATIONS.len() {
+            return Err(DaemonError::Other(format!(
+                "store {} was written by a newer nbhd (schema {version}, this one knows {}): use that nbhd, or another --data-dir",
+                path.display(),
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(ctx)?;
+            step(&tx).map_err(ctx)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(ctx)?;
+            tx.commit().map_err(ctx)?;
+            tracing::info!(store = %path.display(), from = i, to = i + 1, "store schema migrated");
+        }
         Ok(Store { conn })
     }
 
-    /// Keeps an invitation; one received twice (by two paths, or again after a restart) is kept
-    /// once.
-    pub fn add_invitation(
-        &self,
-        sender: &str,
-        id: &str,
-        row: &serde_json::Value,
-    ) -> Result<(), DaemonError> {
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO invitations (sender, id, row, received_ms) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![sender, id, row.to_string(), row["received_at"].as_i64().unwrap_or(0)],
-            )
-            .map_err(|e| DaemonError::other("store: invitation", e))?;
-        Ok(())
-    }
-
-    /// Keeps a 1:1 message sent or received; `via` is None until a sent one is delivered.
-    pub fn add_message(&self, m: &StoredMessage) -> Result<(), DaemonError> {
-        self.conn
-            .execute(
+    /// Carries out a write the Node asked for, stamped with the wall clock (`at_ms`).
+    pub fn apply(&self, me: &str, record: &Record, at_ms: u64) -> Result<(), DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store", e);
+        match record {
+            Record::Message {
+                id,
+                from,
+                to,
+                from_nick,
+                to_nick,
+                text,
+                via,
+            } => self.conn.execute(
                 "INSERT OR IGNORE INTO messages (sender, id, recipient, sender_nick, recipient_nick, text, via, at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                rusqlite::params![m.from, m.id, m.to, m.from_nick, m.to_nick, m.text, m.via, m.at_ms as i64],
-            )
-            .map_err(|e| DaemonError::other("store: message", e))?;
-        Ok(())
-    }
-
-    /// A message we sent was delivered over `via`.
-    pub fn set_message_via(&self, sender: &str, id: &str, via: &str) -> Result<(), DaemonError> {
-        self.conn
-            .execute(
+                rusqlite::params![from, id, to, from_nick, to_nick, text, via.map(Via::as_str), at_ms as i64],
+            ),
+            Record::Delivered { id, via } => self.conn.execute(
                 "UPDATE messages SET via = ?3 WHERE sender = ?1 AND id = ?2",
-                rusqlite::params![sender, id, via],
-            )
-            .map_err(|e| DaemonError::other("store: message", e))?;
-        Ok(())
+                rusqlite::params![me, id, via.as_str()],
+            ),
+            Record::Invitation {
+                id,
+                from,
+                from_nick,
+                activity,
+                reason,
+                via,
+                relayed_by,
+            } => self.conn.execute(
+                "INSERT OR IGNORE INTO invitations (sender, id, sender_nick, activity_id, activity_name, activity_type, reason, via, relayed_by, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                rusqlite::params![from, id, from_nick, activity.id, activity.name, activity.kind, reason, via.as_str(), relayed_by, at_ms as i64],
+            ),
+        }
+        .map(|_| ())
+        .map_err(ctx)
     }
 
-    /// 1:1 messages oldest first; with `peer`, only those from or to it.
-    pub fn messages(&self, peer: Option<&str>) -> Result<Vec<StoredMessage>, DaemonError> {
+    /// What a Node restarts from: every (sender, stanza id) received and kept. Legacy peers'
+    /// local ids are left out: they are made up here and can never come again.
+    pub fn restored(&self, now_ms: u64) -> Result<Restored, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: seen ids", e);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT sender, id FROM seen WHERE at_ms >= ?1
+                 UNION SELECT sender, id FROM invitations
+                 UNION SELECT sender, id FROM messages WHERE via IS NOT NULL AND id NOT LIKE 'local-%'",
+            )
+            .map_err(ctx)?;
+        let rows = st
+            .query_map([now_ms as i64 - SEEN_KEPT_MS], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(ctx)?;
+        Ok(Restored {
+            seen: rows.collect::<Result<Vec<_>, _>>().map_err(ctx)?,
+        })
+    }
+
+    /// Invitations received, oldest first.
+    pub fn invitations(&self) -> Result<Vec<InvitationRow>, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: invitations", e);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, sender, sender_nick, activity_id, activity_name, activity_type, reason, via, relayed_by, received_ms
+                 FROM invitations ORDER BY received_ms, rowid",
+            )
+            .map_err(ctx)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(InvitationRow {
+                    id: r.get(0)?,
+                    from: r.get(1)?,
+                    from_nick: r.get(2)?,
+                    activity: ActivityRow {
+                        id: r.get(3)?,
+                        name: r.get(4)?,
+                        kind: r.get(5)?,
+                    },
+                    reason: r.get(6)?,
+                    via: r.get(7)?,
+                    relayed_by: r.get(8)?,
+                    received_at: r.get::<_, i64>(9)? as u64,
+                })
+            })
+            .map_err(ctx)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(ctx)
+    }
+
+    /// 1:1 messages oldest first; with `peer`, only those from or to that peer id.
+    pub fn messages(&self, peer: Option<&str>) -> Result<Vec<MessageRow>, DaemonError> {
         let ctx = |e: rusqlite::Error| DaemonError::other("store: messages", e);
         let mut st = self
             .conn
@@ -120,7 +230,7 @@ impl Store {
             .map_err(ctx)?;
         let rows = st
             .query_map([peer], |r| {
-                Ok(StoredMessage {
+                Ok(MessageRow {
                     id: r.get(0)?,
                     from: r.get(1)?,
                     to: r.get(2)?,
@@ -128,56 +238,27 @@ impl Store {
                     to_nick: r.get(4)?,
                     text: r.get(5)?,
                     via: r.get(6)?,
-                    at_ms: r.get::<_, i64>(7)? as u64,
+                    at: r.get::<_, i64>(7)? as u64,
                 })
             })
             .map_err(ctx)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(ctx)
     }
 
-    /// Remembers a received message id, so a copy arriving after a restart is not shown again.
-    pub fn add_seen(&self, sender: &str, id: &str) -> Result<(), DaemonError> {
-        let now = crate::view::unix_ms() as i64;
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO seen (sender, id, at_ms) VALUES (?1, ?2, ?3)",
-                rusqlite::params![sender, id, now],
-            )
-            .map_err(|e| DaemonError::other("store: seen", e))?;
-        Ok(())
-    }
-
-    /// Every (sender, stanza id) already received: messages of the last week and all invitations.
-    pub fn seen_ids(&self) -> Result<Vec<(String, String)>, DaemonError> {
-        let ctx = |e: rusqlite::Error| DaemonError::other("store: seen", e);
-        let week_ago = crate::view::unix_ms() as i64 - 7 * 24 * 3600 * 1000;
+    /// Peer ids that wrote with us under this nick (a peer that is gone still has its messages).
+    pub fn peers_named(&self, nick: &str) -> Result<Vec<String>, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: messages", e);
         let mut st = self
             .conn
-            .prepare("SELECT sender, id FROM seen WHERE at_ms >= ?1 UNION SELECT sender, id FROM invitations")
+            .prepare(
+                "SELECT sender FROM messages WHERE sender = ?1 OR sender_nick = ?1
+                 UNION SELECT recipient FROM messages WHERE recipient = ?1 OR recipient_nick = ?1",
+            )
             .map_err(ctx)?;
         let rows = st
-            .query_map([week_ago], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
+            .query_map([nick], |r| r.get::<_, String>(0))
             .map_err(ctx)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(ctx)
-    }
-
-    /// Invitations received, oldest first.
-    pub fn invitations(&self) -> Result<Vec<serde_json::Value>, DaemonError> {
-        let ctx = |e: rusqlite::Error| DaemonError::other("store: invitations", e);
-        let mut st = self
-            .conn
-            .prepare("SELECT row FROM invitations ORDER BY received_ms, rowid")
-            .map_err(ctx)?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(ctx)?;
-        let mut out = Vec::new();
-        for r in rows {
-            if let Ok(v) = serde_json::from_str(&r.map_err(ctx)?) {
-                out.push(v);
-            }
-        }
-        Ok(out)
     }
 
     /// The node's ed25519 secret, created from the OS's randomness on first run.
@@ -194,16 +275,189 @@ impl Store {
         }
         let mut secret = [0u8; 32];
         getrandom::getrandom(&mut secret).map_err(|e| DaemonError::other("OS randomness", e))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
         self.conn
             .execute(
                 "INSERT INTO identity (id, secret, created_ms) VALUES (1, ?1, ?2)",
-                rusqlite::params![&secret[..], now],
+                rusqlite::params![&secret[..], crate::view::unix_ms() as i64],
             )
             .map_err(ctx)?;
         Ok(secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nbhd_proto::messages::stanza::Activity;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("nbhd-store-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("nbhd.db")
+    }
+
+    /// A store as the first release left it (its own DDL and row format), with one invitation
+    /// and one seen message id.
+    #[test]
+    fn a_store_written_by_the_first_release_opens_migrated_and_keeps_its_invitations() {
+        let path = temp("v0");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE seen (sender TEXT NOT NULL, id TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (sender, id));
+                 CREATE TABLE invitations (sender TEXT NOT NULL, id TEXT NOT NULL, row TEXT NOT NULL, received_ms INTEGER NOT NULL, PRIMARY KEY (sender, id));
+                 CREATE TABLE identity (id INTEGER PRIMARY KEY CHECK (id = 1), secret BLOB NOT NULL, created_ms INTEGER NOT NULL);",
+            )
+            .unwrap();
+            let row = serde_json::json!({
+                "id": "inv1", "from": "alicekey", "from_nick": "alice",
+                "activity": {"id": "Chess club", "name": "Chess club", "type": "activity"},
+                "reason": "", "via": "courier", "relayed_by": null, "received_at": 1_700_000_000_000u64,
+            });
+            c.execute(
+                "INSERT INTO invitations VALUES ('alicekey', 'inv1', ?1, 1700000000000)",
+                [row.to_string()],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO seen VALUES ('bobkey', 'm1', ?1)",
+                [crate::view::unix_ms() as i64],
+            )
+            .unwrap();
+            c.execute("INSERT INTO identity VALUES (1, ?1, 1)", [&[7u8; 32][..]])
+                .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(
+            s.invitations().unwrap(),
+            vec![InvitationRow {
+                id: "inv1".into(),
+                from: "alicekey".into(),
+                from_nick: "alice".into(),
+                activity: ActivityRow {
+                    id: "Chess club".into(),
+                    name: "Chess club".into(),
+                    kind: "activity".into()
+                },
+                reason: String::new(),
+                via: "courier".into(),
+                relayed_by: None,
+                received_at: 1_700_000_000_000,
+            }]
+        );
+        assert_eq!(
+            s.identity_secret().unwrap(),
+            [7; 32],
+            "the identity survives"
+        );
+        let seen = s.restored(crate::view::unix_ms()).unwrap().seen;
+        assert!(seen.contains(&("bobkey".into(), "m1".into())));
+        assert!(seen.contains(&("alicekey".into(), "inv1".into())));
+        drop(s);
+        // Opening again changes nothing (already at the newest version).
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.invitations().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_nbhd_is_refused_with_a_clear_error() {
+        let path = temp("newer");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = Store::open(&path).err().expect("refused").to_string();
+        assert!(e.contains("newer nbhd"), "{e}");
+    }
+
+    #[test]
+    fn messages_are_kept_in_order_filtered_by_peer_and_once_each() {
+        let s = Store::open(&temp("messages")).unwrap();
+        let msg = |id: &str, from: &str, to: &str, text: &str, via: Option<Via>| Record::Message {
+            id: id.into(),
+            from: from.into(),
+            to: to.into(),
+            from_nick: from.to_uppercase(),
+            to_nick: to.to_uppercase(),
+            text: text.into(),
+            via,
+        };
+        s.apply("me", &msg("m1", "me", "bob", "hi bob", None), 10)
+            .unwrap();
+        s.apply(
+            "me",
+            &msg("m2", "carol", "me", "hi from carol", Some(Via::Courier)),
+            20,
+        )
+        .unwrap();
+        s.apply(
+            "me",
+            &msg("m2", "carol", "me", "the same again", Some(Via::Tcp)),
+            30,
+        )
+        .unwrap();
+        s.apply(
+            "me",
+            &Record::Delivered {
+                id: "m1".into(),
+                via: Via::Tcp,
+            },
+            40,
+        )
+        .unwrap();
+        s.apply(
+            "me",
+            &msg("local-1", "frank", "me", "no id", Some(Via::Tcp)),
+            50,
+        )
+        .unwrap();
+        let all = s.messages(None).unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|m| (m.id.as_str(), m.via.as_deref()))
+                .collect::<Vec<_>>(),
+            vec![
+                ("m1", Some("tcp")),
+                ("m2", Some("courier")),
+                ("local-1", Some("tcp"))
+            ]
+        );
+        assert_eq!(
+            all[1].text, "hi from carol",
+            "a copy is not a second message"
+        );
+        let bob = s.messages(Some("bob")).unwrap();
+        assert_eq!(bob.len(), 1);
+        assert_eq!(
+            (bob[0].from_nick.as_str(), bob[0].to_nick.as_str()),
+            ("ME", "BOB")
+        );
+        assert_eq!(s.peers_named("CAROL").unwrap(), vec!["carol".to_string()]);
+        let seen = s.restored(100).unwrap().seen;
+        assert!(seen.contains(&("carol".into(), "m2".into())));
+        assert!(!seen.iter().any(|(_, id)| id.starts_with("local-")));
+        s.apply(
+            "me",
+            &Record::Invitation {
+                id: "i1".into(),
+                from: "carol".into(),
+                from_nick: "CAROL".into(),
+                activity: Activity {
+                    id: "go".into(),
+                    name: "go".into(),
+                    kind: "activity".into(),
+                    ..Activity::default()
+                },
+                reason: "join".into(),
+                via: Via::Relay,
+                relayed_by: Some("dave".into()),
+            },
+            60,
+        )
+        .unwrap();
+        let inv = s.invitations().unwrap();
+        assert_eq!(inv[0].relayed_by.as_deref(), Some("dave"));
+        assert_eq!(inv[0].received_at, 60);
     }
 }

@@ -1,12 +1,12 @@
-//! The JSON shapes of the CLI contract (DESIGN.md §6), built in one place so the control socket,
-//! the HTTP API and the CLI agree.
+//! The Node's values as the contract's rows and events (DESIGN.md §6): built in one place, so
+//! the control socket, the HTTP API and the CLI agree.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use nbhd_proto::presence::{Event, Peer};
+use nbhd_proto::node::{self, Peer};
+use nbhd_proto::paths::Diagnosis;
 
-use crate::store::StoredMessage;
-use serde_json::{json, Value};
+use crate::contract::{ActivityRow, DoctorRow, Event, InvitationRow, PeerRow};
 
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -15,43 +15,111 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// `{id, nick, instance, addrs, port, status, msg, legacy, last_seen_ms}`; `last_seen_ms` is how
-/// long ago (milliseconds) we last heard any of the peer's records.
-pub fn peer(p: &Peer, now: Instant) -> Value {
-    json!({
-        "id": p.id,
-        "nick": p.nick,
-        "instance": p.instance,
-        "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "port": p.port,
-        "status": p.status,
-        "msg": p.msg,
-        "legacy": p.legacy,
-        "last_seen_ms": now.saturating_duration_since(p.last_seen).as_millis() as u64,
-    })
+/// Milliseconds for JSON, to the hundredth: a delivery on a LAN takes well under one.
+pub fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
-/// `{type, at, ...}` with `at` in Unix milliseconds; None for engine events users do not follow.
-pub fn event(e: &Event, now: Instant) -> Option<Value> {
-    let (kind, p) = match e {
-        Event::PeerUp(p) => ("peer-up", p),
-        Event::PeerDown(p) => ("peer-down", p),
-        Event::PeerChanged(p) => ("peer-changed", p),
-        _ => return None,
-    };
-    Some(json!({ "type": kind, "at": unix_ms(), "peer": peer(p, now) }))
+/// `last_seen_ms` is how long ago we last heard any of the peer's records.
+pub fn peer(p: &Peer, now: Instant) -> PeerRow {
+    PeerRow {
+        id: p.id.clone(),
+        nick: p.nick.clone(),
+        instance: p.instance.clone(),
+        addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+        port: p.port,
+        status: p.status.clone(),
+        msg: p.msg.clone(),
+        legacy: p.legacy,
+        last_seen_ms: now.saturating_duration_since(p.last_seen).as_millis() as u64,
+    }
 }
 
-/// A row of `nbhd messages`: `{id, from, to, text, via, at}` plus the nicks of both ends.
-pub fn message(m: &StoredMessage) -> Value {
-    json!({
-        "id": m.id,
-        "from": m.from,
-        "to": m.to,
-        "from_nick": m.from_nick,
-        "to_nick": m.to_nick,
-        "text": m.text,
-        "via": m.via,
-        "at": m.at_ms,
+pub fn doctor(p: &Peer, d: &Diagnosis) -> DoctorRow {
+    DoctorRow {
+        peer: p.id.clone(),
+        nick: p.nick.clone(),
+        state: d.state.as_str().into(),
+        path: d.path.as_str().into(),
+        unicast_out: d.unicast_out.as_str().into(),
+        unicast_in: d.unicast_in.as_str().into(),
+        multicast_out: d.multicast_out.as_str().into(),
+        multicast_in: d.multicast_in.as_str().into(),
+        diagnosis: d.text.clone(),
+    }
+}
+
+/// The event people follow for a Node event, if it is one they follow.
+pub fn event(e: &node::Event, now: Instant) -> Option<Event> {
+    let at = unix_ms();
+    Some(match e {
+        node::Event::PeerUp(p) => Event::PeerUp {
+            at,
+            peer: peer(p, now),
+        },
+        node::Event::PeerDown(p) => Event::PeerDown {
+            at,
+            peer: peer(p, now),
+        },
+        node::Event::PeerChanged(p) => Event::PeerChanged {
+            at,
+            peer: peer(p, now),
+        },
+        node::Event::Message {
+            from,
+            from_nick,
+            id,
+            text,
+            via,
+        } => Event::Message {
+            at,
+            from: from.clone(),
+            from_nick: from_nick.clone(),
+            id: id.clone(),
+            text: text.clone(),
+            via: via.as_str().into(),
+        },
+        node::Event::Invitation {
+            from,
+            from_nick,
+            id,
+            activity,
+            reason,
+            via,
+            relayed_by,
+        } => Event::Invitation {
+            at,
+            invitation: InvitationRow {
+                id: id.clone(),
+                from: from.clone(),
+                from_nick: from_nick.clone(),
+                activity: ActivityRow {
+                    id: activity.id.clone(),
+                    name: activity.name.clone(),
+                    kind: activity.kind.clone(),
+                },
+                reason: reason.clone(),
+                via: via.as_str().into(),
+                relayed_by: relayed_by.clone(),
+                received_at: at,
+            },
+        },
+        node::Event::PathChanged {
+            peer,
+            nick,
+            diagnosis,
+        } => Event::PathChanged {
+            at,
+            peer: peer.clone(),
+            nick: nick.clone(),
+            state: diagnosis.state.as_str().into(),
+            path: diagnosis.path.as_str().into(),
+            diagnosis: diagnosis.text.clone(),
+        },
+        node::Event::Renamed { .. }
+        | node::Event::Announced { .. }
+        | node::Event::Delivered { .. }
+        | node::Event::Failed { .. }
+        | node::Event::Dropped { .. } => return None,
     })
 }

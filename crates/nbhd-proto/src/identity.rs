@@ -9,6 +9,7 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
 pub use ed25519_dalek::Signature;
 
+#[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
 }

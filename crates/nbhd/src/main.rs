@@ -2,15 +2,17 @@
 //! `nbhd-daemon` and `nbhd-proto` (DESIGN.md §3). The contract of DESIGN.md §6 (commands,
 //! `--json` shapes, exit codes) is stable: scripts depend on it.
 
-use std::io::Write;
+mod print;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use nbhd_daemon::contract::{DeliveryReply, Request, DEFAULT_TIMEOUT_S};
 use nbhd_daemon::control::Client;
 use nbhd_daemon::{DaemonError, DataDir, UpOptions};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
 
 #[derive(Parser)]
 #[command(
@@ -79,7 +81,7 @@ enum Command {
         /// The message
         text: String,
         /// Give up (on every path) after this many seconds
-        #[arg(long, value_name = "S", default_value_t = 10.0)]
+        #[arg(long, value_name = "S", default_value_t = DEFAULT_TIMEOUT_S)]
         timeout: f64,
     },
     /// Invite a peer to an activity; exits 0 once its receipt arrives
@@ -89,7 +91,7 @@ enum Command {
         /// The activity's name (carried as it is until shared activities exist)
         activity: String,
         /// Give up (on every path) after this many seconds
-        #[arg(long, value_name = "S", default_value_t = 10.0)]
+        #[arg(long, value_name = "S", default_value_t = DEFAULT_TIMEOUT_S)]
         timeout: f64,
     },
     /// Invitations received, each once
@@ -165,30 +167,25 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
                 msg,
             })
         }
-        Command::Peers => query(&dir, "peers", json, print_peers),
-        Command::Events => Client::connect(&dir)?.follow(|ev| {
-            let line = if json {
-                ev.to_string()
-            } else {
-                human_event(&ev)
-            };
-            let mut out = std::io::stdout().lock();
-            // A closed stdout (`nbhd events | head`) ends the stream quietly.
-            writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
-        }),
-        Command::Status => query(&dir, "status", json, |s| print_status(s, &dir)),
-        Command::Trace {
-            captures,
-            hosts,
-            window_ms,
-        } => trace(captures, hosts, window_ms, json),
+        Command::Peers => query(&dir, Request::Peers, json, print::peers),
+        Command::Status => query(&dir, Request::Status, json, |s| print::status(&s, &dir)),
+        Command::Stats => query(&dir, Request::Stats, json, print::stats),
+        Command::Doctor => query(&dir, Request::Doctor, json, print::doctor),
+        Command::Invitations => query(&dir, Request::Invitations, json, print::invitations),
+        Command::Messages { peer } => {
+            query(&dir, Request::Messages { peer }, json, print::messages)
+        }
         Command::Send {
             peer,
             text,
             timeout,
         } => deliver(
             &dir,
-            json!({"cmd": "send", "peer": peer, "text": text, "timeout": timeout}),
+            Request::Send {
+                peer,
+                text,
+                timeout,
+            },
             json,
         ),
         Command::Invite {
@@ -197,96 +194,71 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             timeout,
         } => deliver(
             &dir,
-            json!({"cmd": "invite", "peer": peer, "activity": activity, "timeout": timeout}),
+            Request::Invite {
+                peer,
+                activity,
+                timeout,
+            },
             json,
         ),
-        Command::Invitations => query(&dir, "invitations", json, print_invitations),
-        Command::Messages { peer } => {
-            let v = Client::connect(&dir)?.call(json!({"cmd": "messages", "peer": peer}))?;
-            if json {
-                print_json(&v);
+        Command::Events => Client::connect(&dir)?.follow(|ev| {
+            let line = if json {
+                serde_json::to_string(&ev).unwrap_or_default()
             } else {
-                print_messages(&v);
-            }
-            Ok(())
-        }
-        Command::Doctor => query(&dir, "doctor", json, print_doctor),
-        Command::Stats => query(&dir, "stats", json, |s| {
-            println!("{}", serde_json::to_string_pretty(s).unwrap_or_default())
+                print::event(&ev)
+            };
+            // A closed stdout (`nbhd events | head`) ends the stream quietly.
+            print::line(&line)
         }),
+        Command::Trace {
+            captures,
+            hosts,
+            window_ms,
+        } => trace(captures, hosts, window_ms, json),
     }
 }
 
-/// One request to the daemon; its answer as JSON, or for people through `human`.
-fn query(
+/// One request to the daemon; its reply as JSON, or for people through `human` (which gets it
+/// as the contract's type: a printer the compiler checks against the reply's shape).
+fn query<T: DeserializeOwned>(
     dir: &DataDir,
-    cmd: &str,
+    request: Request,
     json: bool,
-    human: impl FnOnce(&Value),
+    human: impl FnOnce(T),
 ) -> Result<(), DaemonError> {
-    let v = Client::connect(dir)?.call(json!({ "cmd": cmd }))?;
+    request
+        .validate()
+        .map_err(|e| DaemonError::Usage(e.error))?;
+    let v = Client::connect(dir)?.call(&request)?;
     if json {
-        print_json(&v);
+        print::json(&v);
     } else {
-        human(&v);
+        let typed = serde_json::from_value(v)
+            .map_err(|e| DaemonError::other("the daemon's reply does not match this nbhd", e))?;
+        human(typed);
     }
     Ok(())
 }
 
-fn print_status(s: &Value, dir: &DataDir) {
-    println!("instance   {}", s["instance"].as_str().unwrap_or(""));
-    println!("id         {}", s["id"].as_str().unwrap_or(""));
-    println!("hostname   {}", s["hostname"].as_str().unwrap_or(""));
-    println!("announced  {}", s["announced"]);
-    println!(
-        "web view   {}#<token in {}>",
-        s["api"].as_str().unwrap_or(""),
-        dir.token_file().display()
-    );
-    for i in s["interfaces"].as_array().into_iter().flatten() {
-        println!(
-            "interface  {} {}",
-            i["name"].as_str().unwrap_or(""),
-            i["addrs"]
-        );
+/// `send` and `invite`: wait for the receipt; exit 1 when none came (with `--json` too).
+fn deliver(dir: &DataDir, request: Request, json: bool) -> Result<(), DaemonError> {
+    request
+        .validate()
+        .map_err(|e| DaemonError::Usage(e.error))?;
+    let v = Client::connect(dir)?.call(&request)?;
+    let reply: DeliveryReply = serde_json::from_value(v.clone())
+        .map_err(|e| DaemonError::other("the daemon's reply does not match this nbhd", e))?;
+    if json {
+        print::json(&v);
+    } else {
+        print::delivery(&reply);
     }
-}
-
-fn print_invitations(v: &Value) {
-    let rows = v.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        println!("no invitations received");
-    }
-    for r in rows {
-        println!(
-            "{}  from {} ({})  via {}",
-            r["activity"]["name"].as_str().unwrap_or("?"),
-            r["from_nick"].as_str().unwrap_or("?"),
-            r["from"]
-                .as_str()
-                .unwrap_or("?")
-                .chars()
-                .take(12)
-                .collect::<String>(),
-            r["via"].as_str().unwrap_or("?")
-        );
-    }
-}
-
-fn print_messages(v: &Value) {
-    let rows = v.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        println!("no messages");
-    }
-    for r in rows {
-        let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
-        println!(
-            "{} -> {}  ({})  {}",
-            s("from_nick"),
-            s("to_nick"),
-            r["via"].as_str().unwrap_or("not delivered"),
-            s("text")
-        );
+    if reply.delivered {
+        Ok(())
+    } else {
+        Err(DaemonError::NotFound(
+            "not delivered: no receipt before the timeout (see nbhd doctor)".into(),
+        ))
     }
 }
 
@@ -324,176 +296,21 @@ fn trace(
     let report =
         nbhd_trace::analyze(&inputs, &opts, None).map_err(|e| DaemonError::Usage(e.to_string()))?;
     if json {
-        print_json(&report.to_json());
+        print::json(&report.to_json());
     } else {
-        print!("{}", report.to_text());
+        print::text(&report.to_text());
     }
     Ok(())
-}
-
-/// `send` and `invite`: wait for the receipt; exit 1 when none came.
-fn deliver(dir: &DataDir, req: Value, json: bool) -> Result<(), DaemonError> {
-    let v = Client::connect(dir)?.call(req)?;
-    let delivered = v["delivered"].as_bool() == Some(true);
-    if json {
-        print_json(&v);
-    } else if delivered && v["receipt"].as_bool() == Some(true) {
-        println!(
-            "delivered via {} in {} ms (receipt received)",
-            v["via"].as_str().unwrap_or("?"),
-            v["latency_ms"]
-        );
-    } else if delivered {
-        println!(
-            "handed to the peer's stream via {} in {} ms (a legacy XEP-0174 client sends no receipt)",
-            v["via"].as_str().unwrap_or("?"),
-            v["latency_ms"]
-        );
-    }
-    if delivered {
-        Ok(())
-    } else {
-        Err(DaemonError::NotFound(
-            "not delivered: no receipt before the timeout (see nbhd doctor)".into(),
-        ))
-    }
-}
-
-fn print_doctor(v: &Value) {
-    let rows = v.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        println!("no peers seen yet");
-        return;
-    }
-    println!(
-        "{:<16} {:<15} {:<8} {:<11} {:<11} {:<13} {:<13}",
-        "PEER", "STATE", "PATH", "UNICAST OUT", "UNICAST IN", "MULTICAST OUT", "MULTICAST IN"
-    );
-    for r in &rows {
-        let s = |k: &str| r[k].as_str().unwrap_or("?").to_string();
-        println!(
-            "{:<16} {:<15} {:<8} {:<11} {:<11} {:<13} {:<13}",
-            s("nick"),
-            s("state"),
-            s("path"),
-            s("unicast_out"),
-            s("unicast_in"),
-            s("multicast_out"),
-            s("multicast_in")
-        );
-    }
-    for r in &rows {
-        if let Some(d) = r["diagnosis"].as_str().filter(|d| !d.is_empty()) {
-            println!("\n{}: {d}", r["nick"].as_str().unwrap_or("?"));
-        }
-    }
 }
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NBHD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours for a terminal, plain text for a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
-}
-
-fn print_json(v: &Value) {
-    println!("{v}");
-}
-
-fn print_peers(peers: &Value) {
-    let rows = peers.as_array().cloned().unwrap_or_default();
-    if rows.is_empty() {
-        println!("no peers seen yet");
-        return;
-    }
-    let table: Vec<[String; 6]> = rows
-        .iter()
-        .map(|p| {
-            let addrs: Vec<String> = p["addrs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str().map(String::from))
-                .collect();
-            let id = p["id"].as_str().unwrap_or("");
-            [
-                p["nick"].as_str().unwrap_or("").to_string(),
-                p["instance"].as_str().unwrap_or("").to_string(),
-                format!("{}:{}", addrs.join(","), p["port"]),
-                p["status"].as_str().unwrap_or("").to_string(),
-                format!("{}s ago", p["last_seen_ms"].as_u64().unwrap_or(0) / 1000),
-                if p["legacy"].as_bool() == Some(true) {
-                    "legacy XEP-0174".into()
-                } else {
-                    id.chars().take(12).collect()
-                },
-            ]
-        })
-        .collect();
-    let head = ["NICK", "INSTANCE", "ADDRESS", "STATUS", "SEEN", "ID"];
-    let widths: Vec<usize> = (0..6)
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(head[i].len())
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    println!("{}", line(head.to_vec()));
-    for r in &table {
-        println!("{}", line(r.iter().map(String::as_str).collect()));
-    }
-}
-
-fn human_event(ev: &Value) -> String {
-    let kind = ev["type"].as_str().unwrap_or("?");
-    let from = ev["from_nick"].as_str().unwrap_or("?");
-    match kind {
-        "message" => {
-            return format!(
-                "{kind:<13} from {from}: {}",
-                ev["text"].as_str().unwrap_or("")
-            )
-        }
-        "invitation" => {
-            return format!(
-                "{kind:<13} from {from}: {} (via {})",
-                ev["activity"]["name"].as_str().unwrap_or("?"),
-                ev["via"].as_str().unwrap_or("?")
-            )
-        }
-        _ => {}
-    }
-    let p = &ev["peer"];
-    let addrs: Vec<&str> = p["addrs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    format!(
-        "{:<13} {} ({}){}",
-        ev["type"].as_str().unwrap_or("?"),
-        p["instance"].as_str().unwrap_or("?"),
-        addrs.join(", "),
-        if p["legacy"].as_bool() == Some(true) {
-            " [legacy]"
-        } else {
-            ""
-        }
-    )
 }

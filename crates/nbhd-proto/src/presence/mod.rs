@@ -249,6 +249,9 @@ pub struct Presence {
     conflict_times: VecDeque<Instant>,
     stats: Stats,
     closed: bool,
+    /// Instances whose own records arrived since [`Presence::take_heard`] last asked: their
+    /// multicast reaches us (path evidence the Node attributes by content, not by address).
+    heard: Vec<String>,
     /// The latest time any input carried; stamps what we send.
     now: Instant,
 }
@@ -274,6 +277,7 @@ impl Presence {
             conflict_times: VecDeque::new(),
             stats: Stats::default(),
             closed: false,
+            heard: Vec::new(),
             config,
         }
     }
@@ -411,6 +415,14 @@ impl Presence {
             link.tc_waits.clear();
             link.state = LinkState::Ready;
         }
+    }
+
+    /// Instances heard from since the last call (see the field's comment), each once.
+    pub fn take_heard(&mut self) -> Vec<String> {
+        let mut h = std::mem::take(&mut self.heard);
+        h.sort();
+        h.dedup();
+        h
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {

@@ -8,6 +8,11 @@ use super::*;
 impl Presence {
     pub(super) fn handle_response(&mut self, now: Instant, iface: IfaceId, msg: Message) {
         let records: Vec<Record> = msg.answers.into_iter().chain(msg.additional).collect();
+        for r in records.iter().filter(|r| r.ttl > 0) {
+            if matches!(r.rtype(), TYPE_SRV | TYPE_TXT) && r.name.parent() == self.service {
+                self.heard.push(r.name.first_label().to_string());
+            }
+        }
         // §9: conflicts. Identical records are our own (or a faithful copy); different data under
         // one of our unique names is someone else claiming it.
         let own = self.own_records(iface);

@@ -57,7 +57,14 @@ impl Presence {
         }
     }
 
-    pub(super) fn plan_query(&mut self, iface: IfaceId, name: Name, qtype: u16, at: Instant, kind: QueryKind) {
+    pub(super) fn plan_query(
+        &mut self,
+        iface: IfaceId,
+        name: Name,
+        qtype: u16,
+        at: Instant,
+        kind: QueryKind,
+    ) {
         if self
             .queries
             .iter()
@@ -84,7 +91,13 @@ impl Presence {
     }
 
     /// Cached answers to a question that still have more than half their TTL (RFC 6762 §7.1).
-    pub(super) fn known_answers(&self, now: Instant, iface: IfaceId, name: &Name, qtype: u16) -> Vec<Record> {
+    pub(super) fn known_answers(
+        &self,
+        now: Instant,
+        iface: IfaceId,
+        name: &Name,
+        qtype: u16,
+    ) -> Vec<Record> {
         if qtype != TYPE_PTR {
             return Vec::new(); // refreshes and resolves want the answer even if we hold it
         }
@@ -176,7 +189,8 @@ impl Presence {
                     }
                 }
                 RecordData::Srv { target, .. }
-                    if !held.contains(&(target, TYPE_A)) && !held.contains(&(target, TYPE_AAAA)) =>
+                    if !held.contains(&(target, TYPE_A))
+                        && !held.contains(&(target, TYPE_AAAA)) =>
                 {
                     wanted.push((e.iface, target.clone(), TYPE_A));
                 }
@@ -242,8 +256,7 @@ impl Presence {
             let Some(at) = e.refresh_at else { continue };
             let soon =
                 now + Duration::from_secs(e.record.ttl as u64) * REFRESH_COALESCE_PERCENT / 100;
-            let with_peer =
-                at <= soon && peers_due.contains(&(e.iface, e.record.name.clone()));
+            let with_peer = at <= soon && peers_due.contains(&(e.iface, e.record.name.clone()));
             if at <= now || with_peer {
                 if used {
                     due.push((e.iface, e.record.name.clone(), e.record.rtype()));

@@ -6,7 +6,13 @@
 use super::*;
 
 impl Presence {
-    pub(super) fn handle_query(&mut self, now: Instant, iface: IfaceId, src: SocketAddr, msg: Message) {
+    pub(super) fn handle_query(
+        &mut self,
+        now: Instant,
+        iface: IfaceId,
+        src: SocketAddr,
+        msg: Message,
+    ) {
         self.observe_query(now, iface, &msg);
         if !msg.authority.is_empty() {
             self.tie_break(now, iface, &msg);

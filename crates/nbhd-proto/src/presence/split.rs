@@ -57,7 +57,12 @@ impl Presence {
         }
     }
 
-    pub(super) fn push_transmit(&mut self, iface: IfaceId, destination: Destination, msg: &Message) {
+    pub(super) fn push_transmit(
+        &mut self,
+        iface: IfaceId,
+        destination: Destination,
+        msg: &Message,
+    ) {
         let payload = msg.emit();
         if payload.is_empty() {
             return;

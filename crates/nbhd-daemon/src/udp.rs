@@ -1,9 +1,11 @@
-//! The mDNS socket: one UDP socket on port 5353 shared with any other responder in the namespace
-//! (`SO_REUSEADDR` + `SO_REUSEPORT`), joined to 224.0.0.251 on each interface we serve.
+//! The UDP sockets of the Node's channels: mDNS (224.0.0.251:5353) and the courier's
+//! neighborhood channel, each shared with any other daemon in the namespace (`SO_REUSEADDR` +
+//! `SO_REUSEPORT`) and joined to its group on each interface we serve; and the unicast probe
+//! socket on a port of its own.
 //!
 //! `IP_PKTINFO` tells which interface a datagram came in on; `IP_MULTICAST_IF` is set before each
 //! multicast send, so every interface gets its own packets even in namespaces without a default
-//! route (DESIGN.md §4.1). Multicast loopback stays on: the engine recognises its own echoes.
+//! route (DESIGN.md §4.1). Multicast loopback stays on: the engines recognise their own echoes.
 
 use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -18,9 +20,9 @@ use tokio::io::unix::AsyncFd;
 /// seen as such (and counted) rather than silently cut.
 const RECV_BUF: usize = 9216;
 
-/// A UDP socket bound to a multicast group's port, shared (`SO_REUSEPORT`) with other daemons in
-/// the namespace: the mDNS socket, and the courier's neighborhood channel.
-pub struct MdnsSocket {
+/// A UDP socket of one channel: bound to a multicast group's port and shared (`SO_REUSEPORT`)
+/// with other daemons in the namespace, or (the probe socket) to a port of its own.
+pub struct UdpChannel {
     fd: AsyncFd<Socket>,
     group: Ipv4Addr,
     port: u16,
@@ -35,16 +37,36 @@ pub struct Received {
     pub ifindex: u32,
 }
 
-impl MdnsSocket {
+impl UdpChannel {
     /// The mDNS socket: 224.0.0.251:5353.
-    pub fn open() -> io::Result<MdnsSocket> {
-        MdnsSocket::open_group(MDNS_GROUP_V4, MDNS_PORT)
+    pub fn mdns() -> io::Result<UdpChannel> {
+        UdpChannel::group(MDNS_GROUP_V4, MDNS_PORT)
     }
 
-    pub fn open_group(group: Ipv4Addr, port: u16) -> io::Result<MdnsSocket> {
+    pub fn group(group: Ipv4Addr, port: u16) -> io::Result<UdpChannel> {
+        UdpChannel::open(group, port, true)
+    }
+
+    /// A unicast socket on a free port (the probe socket; its port goes in TXT `probe`).
+    pub fn unicast() -> io::Result<UdpChannel> {
+        UdpChannel::open(Ipv4Addr::UNSPECIFIED, 0, false)
+    }
+
+    pub fn local_port(&self) -> io::Result<u16> {
+        self.fd
+            .get_ref()
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    fn open(group: Ipv4Addr, port: u16, shared: bool) -> io::Result<UdpChannel> {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
+        if shared {
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+        }
         s.set_nonblocking(true)?;
         s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
         s.set_multicast_loop_v4(true)?;
@@ -53,7 +75,7 @@ impl MdnsSocket {
         // SAFETY: `s` is an open socket owned by the AsyncFd from here on; its descriptor never
         // changes while it lives.
         let fd = unsafe { AsyncFd::register(s) }.map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(MdnsSocket { fd, group, port })
+        Ok(UdpChannel { fd, group, port })
     }
 
     pub fn join(&self, ifindex: u32) -> io::Result<()> {

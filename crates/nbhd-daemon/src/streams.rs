@@ -1,25 +1,17 @@
-//! The messages driver: TCP streams, the courier's neighborhood channel, and the replies owed to
-//! `nbhd send` / `nbhd invite` callers, around the `nbhd-proto` messages engine.
-//!
-//! Every TCP connection lives in tasks of its own (a reader, a writer) that talk to the event
-//! loop through one channel, so nothing ever blocks the loop: a connect that hangs is the
-//! engine's timeout to decide, not the kernel's two minutes.
+//! The Node's streams as tokio tasks: every TCP connection lives in tasks of its own (a reader,
+//! a writer) that talk to the event loop through one channel, so nothing ever blocks the loop: a
+//! connect that hangs is the Node's timeout to decide, not the kernel's two minutes.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use nbhd_proto::messages::engine::CONNECT_TIMEOUT;
-use nbhd_proto::messages::{Action, ConnId, Messages};
+use nbhd_proto::messages::streams::CONNECT_TIMEOUT;
+use nbhd_proto::node::{ConnId, Node, StreamAction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::mdns::MdnsSocket;
-
-/// The neighborhood channel: a group and port of our own, not mDNS's (DESIGN.md §4.3).
-pub const COURIER_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 110, 98);
-pub const COURIER_PORT: u16 = 7641;
 /// How long sent data may stay unacknowledged before the kernel fails the stream.
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -66,30 +58,20 @@ impl Streams {
         }
     }
 
-    /// Carries out what the engine asked; courier frames go out on every interface.
-    pub fn act(&mut self, a: Action, courier: &MdnsSocket, vias: &[Ipv4Addr]) {
+    /// Carries out what the Node asked.
+    pub fn act(&mut self, a: StreamAction) {
         match a {
-            Action::Connect { conn, addr } => {
-                let events = self.events.clone();
-                tokio::spawn(connect(conn, addr, events));
+            StreamAction::Connect { conn, addr } => {
+                tokio::spawn(connect(conn, addr, self.events.clone()));
             }
-            Action::Send { conn, bytes } => {
+            StreamAction::Send { conn, bytes } => {
                 if let Some(w) = self.writers.get(&conn) {
                     let _ = w.send(bytes);
                 }
             }
-            Action::Close { conn } => {
+            StreamAction::Close { conn } => {
                 // Dropping the writer ends the writer task, which shuts the stream down.
                 self.writers.remove(&conn);
-            }
-            // Probes go out through the event loop, which owns the probe socket.
-            Action::Probe { .. } => {}
-            Action::Courier { bytes } => {
-                for via in vias {
-                    if let Err(e) = courier.send_multicast(*via, &bytes) {
-                        tracing::debug!("courier send failed: {e}");
-                    }
-                }
             }
         }
     }
@@ -107,8 +89,13 @@ impl Streams {
     /// Shutting down: lets every writer finish what it was given (within `limit`).
     pub async fn finish(mut self, limit: Duration) {
         self.writers.clear();
-        let all = join_all(self.tasks.drain().map(|(_, t)| t).collect());
-        let _ = tokio::time::timeout(limit, all).await;
+        let tasks: Vec<_> = self.tasks.drain().map(|(_, t)| t).collect();
+        let _ = tokio::time::timeout(limit, async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
     }
 }
 
@@ -121,12 +108,6 @@ async fn connect(conn: ConnId, addr: SocketAddr, events: mpsc::UnboundedSender<N
         _ => {
             let _ = events.send(NetEvent::Closed { conn, failed: true });
         }
-    }
-}
-
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
     }
 }
 
@@ -151,13 +132,8 @@ fn run_stream(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSender<Net
             match rd.read(&mut buf).await {
                 Ok(0) => break false,
                 Ok(n) => {
-                    if events
-                        .send(NetEvent::Data {
-                            conn,
-                            bytes: buf[..n].to_vec(),
-                        })
-                        .is_err()
-                    {
+                    let bytes = buf[..n].to_vec();
+                    if events.send(NetEvent::Data { conn, bytes }).is_err() {
                         return;
                     }
                 }
@@ -169,9 +145,9 @@ fn run_stream(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSender<Net
     Writer { bytes: tx, task }
 }
 
-/// Accepts XEP-0174 streams; accepted connections are numbered from [`Messages::ACCEPTED_BASE`].
+/// Accepts XEP-0174 streams; accepted connections are numbered from [`Node::ACCEPTED_BASE`].
 pub async fn accept(listener: TcpListener, events: mpsc::UnboundedSender<NetEvent>) {
-    let mut next = Messages::ACCEPTED_BASE;
+    let mut next = Node::ACCEPTED_BASE;
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             continue;
@@ -190,13 +166,4 @@ pub async fn accept(listener: TcpListener, events: mpsc::UnboundedSender<NetEven
             return;
         }
     }
-}
-
-/// Milliseconds for JSON, to the hundredth: a delivery on a LAN takes well under one.
-pub fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 100_000.0).round() / 100.0
-}
-
-pub fn now() -> Instant {
-    Instant::now()
 }

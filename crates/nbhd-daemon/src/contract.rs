@@ -1,0 +1,380 @@
+//! The control contract (DESIGN.md §6): one set of serde types shared by the CLI, the control
+//! socket and the HTTP API. A new verb is one [`Request`] variant, one handler in
+//! [`crate::handlers`] and one printer in the CLI, and the compiler checks all three.
+//!
+//! The JSON these types make is the `--json` output scripts depend on: a reply's shape is the
+//! CLI's stdout for that command, an [`Event`] is one line of `nbhd events --json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What `nbhd send` and `nbhd invite` wait for unless told otherwise.
+pub const DEFAULT_TIMEOUT_S: f64 = 10.0;
+
+fn default_timeout() -> f64 {
+    DEFAULT_TIMEOUT_S
+}
+
+/// One request, as a line on the control socket: `{"cmd": "peers"}`, `{"cmd": "send", ...}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    Peers,
+    Status,
+    Stats,
+    Doctor,
+    Invitations,
+    Messages {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<String>,
+    },
+    Send {
+        peer: String,
+        text: String,
+        #[serde(default = "default_timeout")]
+        timeout: f64,
+    },
+    Invite {
+        peer: String,
+        activity: String,
+        #[serde(default = "default_timeout")]
+        timeout: f64,
+    },
+    /// Follow events: the reply is a stream of [`Event`]s, one per line.
+    Events,
+}
+
+impl Request {
+    /// Arguments that are wrong whatever the daemon knows (a usage error, exit 2).
+    pub fn validate(&self) -> Result<(), ErrorReply> {
+        let usage = |m: &str| Err(ErrorReply::usage(m));
+        match self {
+            Request::Send { peer, timeout, .. } | Request::Invite { peer, timeout, .. } => {
+                if peer.trim().is_empty() {
+                    return usage(
+                        "PEER must not be empty (a nick, an instance name or a prefix of a peer id)",
+                    );
+                }
+                if !(timeout.is_finite() && *timeout > 0.0) {
+                    return usage("--timeout wants a number of seconds above zero");
+                }
+                Ok(())
+            }
+            Request::Messages { peer: Some(p) } if p.trim().is_empty() => {
+                usage("PEER must not be empty; leave it out for every peer's messages")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a request failed; `kind` decides the CLI's exit code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+    pub kind: ErrorKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// A bad argument (exit 2).
+    Usage,
+    /// Nothing matches, or it could not be done (exit 1).
+    NotFound,
+}
+
+impl ErrorReply {
+    pub fn usage(m: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            error: m.into(),
+            kind: ErrorKind::Usage,
+        }
+    }
+
+    pub fn not_found(m: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            error: m.into(),
+            kind: ErrorKind::NotFound,
+        }
+    }
+}
+
+/// `nbhd peers`: a peer seen now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerRow {
+    pub id: String,
+    pub nick: String,
+    pub instance: String,
+    pub addrs: Vec<String>,
+    pub port: u16,
+    pub status: String,
+    pub msg: String,
+    pub legacy: bool,
+    /// How long ago (ms) any of its records was heard.
+    pub last_seen_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IfaceRow {
+    pub name: String,
+    pub addrs: Vec<String>,
+}
+
+/// `nbhd status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub id: String,
+    pub instance: String,
+    pub hostname: String,
+    pub announced: bool,
+    pub interfaces: Vec<IfaceRow>,
+    pub api: String,
+    pub uptime_ms: u64,
+}
+
+/// `nbhd send` and `nbhd invite`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryReply {
+    pub id: String,
+    pub delivered: bool,
+    /// `tcp`, `courier` or `relay`; null when not delivered.
+    pub via: Option<String>,
+    pub latency_ms: Option<f64>,
+    /// A receipt came back (false for a legacy XEP-0174 peer, which sends none).
+    pub receipt: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityRow {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// `nbhd invitations`: an invitation received.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InvitationRow {
+    pub id: String,
+    pub from: String,
+    pub from_nick: String,
+    pub activity: ActivityRow,
+    pub reason: String,
+    pub via: String,
+    pub relayed_by: Option<String>,
+    /// Unix milliseconds.
+    pub received_at: u64,
+}
+
+/// `nbhd messages`: a 1:1 message sent or received.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageRow {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub from_nick: String,
+    pub to_nick: String,
+    pub text: String,
+    /// The path that carried it; null for one we sent that was not delivered.
+    pub via: Option<String>,
+    /// Unix milliseconds.
+    pub at: u64,
+}
+
+/// `nbhd doctor`: path health of one peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DoctorRow {
+    pub peer: String,
+    pub nick: String,
+    pub state: String,
+    pub path: String,
+    pub unicast_out: String,
+    pub unicast_in: String,
+    pub multicast_out: String,
+    pub multicast_in: String,
+    pub diagnosis: String,
+}
+
+/// Counters of one part of the daemon: what came in, and what was dropped and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DropCounts {
+    pub dropped: BTreeMap<String, u64>,
+    pub dropped_total: u64,
+}
+
+impl DropCounts {
+    pub fn new(dropped: BTreeMap<String, u64>) -> DropCounts {
+        DropCounts {
+            dropped_total: dropped.values().sum(),
+            dropped,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MdnsStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub queries_in: u64,
+    pub responses_in: u64,
+    pub own_echoes: u64,
+    pub conflicts: u64,
+    pub dropped: BTreeMap<String, u64>,
+    pub dropped_total: u64,
+    pub send_errors: u64,
+    pub foreign_interface: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    pub packets_in: u64,
+    pub send_errors: u64,
+    #[serde(flatten)]
+    pub drops: DropCounts,
+}
+
+/// `nbhd stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub mdns: MdnsStats,
+    /// Streams and stanzas.
+    pub messages: DropCounts,
+    pub courier: ChannelStats,
+    pub probe: ChannelStats,
+    pub peers: usize,
+}
+
+/// A successful reply: its JSON is the command's `--json` output.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Peers(Vec<PeerRow>),
+    Status(StatusReply),
+    Stats(StatsReply),
+    Doctor(Vec<DoctorRow>),
+    Invitations(Vec<InvitationRow>),
+    Messages(Vec<MessageRow>),
+    Delivery(DeliveryReply),
+}
+
+/// One line of `nbhd events --json`: `{type, at, ...}`, `at` in Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Event {
+    PeerUp {
+        at: u64,
+        peer: PeerRow,
+    },
+    PeerDown {
+        at: u64,
+        peer: PeerRow,
+    },
+    PeerChanged {
+        at: u64,
+        peer: PeerRow,
+    },
+    Message {
+        at: u64,
+        from: String,
+        from_nick: String,
+        id: String,
+        text: String,
+        via: String,
+    },
+    Invitation {
+        at: u64,
+        #[serde(flatten)]
+        invitation: InvitationRow,
+    },
+    PathChanged {
+        at: u64,
+        peer: String,
+        nick: String,
+        state: String,
+        path: String,
+        diagnosis: String,
+    },
+    /// The follower was too slow: this many events were skipped.
+    Lagged {
+        missed: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_are_the_lines_the_cli_sends() {
+        let r: Request =
+            serde_json::from_value(json!({"cmd": "send", "peer": "bob", "text": "hi"})).unwrap();
+        assert_eq!(
+            r,
+            Request::Send {
+                peer: "bob".into(),
+                text: "hi".into(),
+                timeout: DEFAULT_TIMEOUT_S
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(Request::Messages { peer: None }).unwrap(),
+            json!({"cmd": "messages"})
+        );
+        assert!(serde_json::from_value::<Request>(json!({"cmd": "frobnicate"})).is_err());
+    }
+
+    #[test]
+    fn an_empty_or_blank_peer_is_a_usage_error() {
+        for peer in ["", "  "] {
+            let r = Request::Send {
+                peer: peer.into(),
+                text: "hi".into(),
+                timeout: 1.0,
+            };
+            assert_eq!(r.validate().unwrap_err().kind, ErrorKind::Usage);
+        }
+    }
+
+    #[test]
+    fn event_lines_keep_the_shapes_scripts_read() {
+        let ev = Event::PathChanged {
+            at: 1,
+            peer: "k".into(),
+            nick: "bob".into(),
+            state: "up".into(),
+            path: "tcp".into(),
+            diagnosis: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            json!({"type": "path-changed", "at": 1, "peer": "k", "nick": "bob", "state": "up", "path": "tcp", "diagnosis": ""})
+        );
+        let inv = Event::Invitation {
+            at: 5,
+            invitation: InvitationRow {
+                id: "i".into(),
+                from: "k".into(),
+                from_nick: "alice".into(),
+                activity: ActivityRow {
+                    id: "chess".into(),
+                    name: "chess".into(),
+                    kind: "activity".into(),
+                },
+                reason: String::new(),
+                via: "courier".into(),
+                relayed_by: None,
+                received_at: 5,
+            },
+        };
+        let v = serde_json::to_value(&inv).unwrap();
+        assert_eq!(v["type"], "invitation");
+        assert_eq!(v["activity"]["type"], "activity");
+        assert_eq!(v["via"], "courier");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), inv);
+    }
+}

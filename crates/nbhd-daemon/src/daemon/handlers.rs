@@ -1,0 +1,235 @@
+//! One handler per [`Request`]: the Node's views and the store turned into the contract's
+//! replies, and deliveries started, their replies waiting for the Node's verdict.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use nbhd_proto::node::{Command, CommandError};
+
+use super::Daemon;
+use crate::contract::{
+    ChannelStats, DropCounts, ErrorReply, IfaceRow, MdnsStats, Reply, Request, StatsReply,
+    StatusReply,
+};
+use crate::control::Pending;
+use crate::view;
+
+/// Bounds on `--timeout`, so a typo cannot hold a delivery (and its reply) for days.
+const TIMEOUT_RANGE: (f64, f64) = (0.1, 3600.0);
+
+impl Daemon {
+    pub(super) fn on_request(&mut self, p: Pending) {
+        match self.handle(p.request) {
+            Handled::Now(r) => {
+                let _ = p.reply.send(r);
+            }
+            Handled::When(id) => {
+                self.waiting.insert(id, p.reply);
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Handled {
+        let now = Instant::now();
+        if let Err(e) = request.validate() {
+            return Handled::Now(Err(e));
+        }
+        let reply = match request {
+            Request::Peers => Reply::Peers(self.node.peers().map(|p| view::peer(p, now)).collect()),
+            Request::Status => Reply::Status(self.status(now)),
+            Request::Stats => Reply::Stats(self.stats()),
+            Request::Doctor => Reply::Doctor(
+                self.node
+                    .doctor(now)
+                    .iter()
+                    .map(|(p, d)| view::doctor(p, d))
+                    .collect(),
+            ),
+            Request::Invitations => match self.store.invitations() {
+                Ok(rows) => Reply::Invitations(rows),
+                Err(e) => return Handled::Now(Err(ErrorReply::not_found(e.to_string()))),
+            },
+            Request::Messages { peer } => match self.messages(peer.as_deref()) {
+                Ok(r) => r,
+                Err(e) => return Handled::Now(Err(e)),
+            },
+            Request::Send {
+                peer,
+                text,
+                timeout,
+            } => {
+                return self.deliver(&peer, timeout, |peer, timeout| Command::Send {
+                    peer,
+                    text,
+                    timeout,
+                })
+            }
+            Request::Invite {
+                peer,
+                activity,
+                timeout,
+            } => {
+                return self.deliver(&peer, timeout, |peer, timeout| Command::Invite {
+                    peer,
+                    activity,
+                    timeout,
+                })
+            }
+            // The control socket follows events itself; this one came by another way.
+            Request::Events => {
+                return Handled::Now(Err(ErrorReply::usage(
+                    "events are followed on the control socket (nbhd events)",
+                )))
+            }
+        };
+        Handled::Now(Ok(reply))
+    }
+
+    /// Starts a delivery to PEER; the reply waits for it.
+    fn deliver(
+        &mut self,
+        peer: &str,
+        timeout: f64,
+        command: impl FnOnce(String, Duration) -> Command,
+    ) -> Handled {
+        let timeout = Duration::from_secs_f64(timeout.clamp(TIMEOUT_RANGE.0, TIMEOUT_RANGE.1));
+        let started = self.node.resolve_peer(peer).and_then(|p| {
+            self.node
+                .handle_command(Instant::now(), command(p, timeout))
+        });
+        match started {
+            Ok(id) => Handled::When(id),
+            Err(e) => Handled::Now(Err(command_error(e))),
+        }
+    }
+
+    /// `nbhd messages [PEER]`: PEER as the Node resolves it; a peer that is gone still has its
+    /// messages, found in the store by its id or the nick it had.
+    fn messages(&self, peer: Option<&str>) -> Result<Reply, ErrorReply> {
+        let store_error = |e: crate::error::DaemonError| ErrorReply::not_found(e.to_string());
+        let id = match peer {
+            None => None,
+            Some(q) => match self.node.resolve_peer(q) {
+                Ok(id) => Some(id),
+                Err(CommandError::NoSuchPeer(_)) => {
+                    let mut ids = self.store.peers_named(q.trim()).map_err(store_error)?;
+                    ids.dedup();
+                    match ids.as_slice() {
+                        [one] => Some(one.clone()),
+                        [] => return Err(ErrorReply::not_found(format!("no messages with {q:?}"))),
+                        many => {
+                            return Err(ErrorReply::not_found(format!(
+                                "{q:?} is ambiguous: {}",
+                                many.join(", ")
+                            )))
+                        }
+                    }
+                }
+                Err(e) => return Err(command_error(e)),
+            },
+        };
+        self.store
+            .messages(id.as_deref())
+            .map(Reply::Messages)
+            .map_err(store_error)
+    }
+
+    fn status(&self, now: Instant) -> StatusReply {
+        let s = self.node.status();
+        StatusReply {
+            id: s.id,
+            instance: s.instance,
+            hostname: s.hostname,
+            announced: s.announced,
+            interfaces: self
+                .ifaces
+                .values()
+                .map(|i| IfaceRow {
+                    name: i.name.clone(),
+                    addrs: i.addrs.iter().map(|a| IpAddr::V4(*a).to_string()).collect(),
+                })
+                .collect(),
+            api: self.api_url.clone(),
+            uptime_ms: now.duration_since(self.started).as_millis() as u64,
+        }
+    }
+
+    fn stats(&self) -> StatsReply {
+        use nbhd_proto::node::Channel;
+        let s = self.node.stats();
+        let mut mdns_dropped: std::collections::BTreeMap<String, u64> = s
+            .mdns
+            .dropped
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        *mdns_dropped.entry("oversized".into()).or_default() += self.stats.truncated_in;
+        let channel = |c: Channel| {
+            let dropped = s
+                .dropped
+                .iter()
+                .filter(|((ch, _), _)| *ch == c)
+                .map(|((_, r), n)| (r.as_str().to_string(), *n))
+                .collect();
+            ChannelStats {
+                packets_in: s.datagrams_in.get(&c).copied().unwrap_or(0),
+                send_errors: self.stats.send_errors.get(&c).copied().unwrap_or(0),
+                drops: DropCounts::new(dropped),
+            }
+        };
+        let foreign = s
+            .dropped
+            .iter()
+            .filter(|((c, r), _)| {
+                *c == Channel::Mdns && *r == nbhd_proto::drops::DropReason::ForeignInterface
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        StatsReply {
+            mdns: MdnsStats {
+                packets_in: s.mdns.packets_in,
+                bytes_in: s.mdns.bytes_in,
+                packets_out: s.mdns.packets_out,
+                bytes_out: s.mdns.bytes_out,
+                queries_in: s.mdns.queries_in,
+                responses_in: s.mdns.responses_in,
+                own_echoes: s.mdns.own_echoes,
+                conflicts: s.mdns.conflicts,
+                dropped_total: mdns_dropped.values().sum(),
+                dropped: mdns_dropped,
+                send_errors: self
+                    .stats
+                    .send_errors
+                    .get(&Channel::Mdns)
+                    .copied()
+                    .unwrap_or(0),
+                foreign_interface: foreign,
+            },
+            messages: DropCounts::new(
+                s.messages
+                    .dropped
+                    .iter()
+                    .map(|(r, n)| (r.as_str().to_string(), *n))
+                    .collect(),
+            ),
+            courier: channel(Channel::Courier),
+            probe: channel(Channel::Probe),
+            peers: self.node.peers().count(),
+        }
+    }
+}
+
+// Lives for one call and is moved once: boxing the large reply would buy nothing.
+#[allow(clippy::large_enum_variant)]
+enum Handled {
+    Now(Result<Reply, ErrorReply>),
+    /// The reply waits for this delivery's end.
+    When(String),
+}
+
+fn command_error(e: CommandError) -> ErrorReply {
+    match e {
+        CommandError::EmptyPeer => ErrorReply::usage(e.to_string()),
+        _ => ErrorReply::not_found(e.to_string()),
+    }
+}

@@ -1,0 +1,55 @@
+//! Why an engine refused something that came from the network, as one enum so that counters,
+//! logs, tests and `nbhd stats` name the same reasons (and the compiler checks them).
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// A stanza we cannot read (a receipt without id, an activity port that is no number, ...).
+    MalformedStanza,
+    /// A stanza we do not handle (presence, iq, ...).
+    UnsupportedStanza,
+    /// An nbhd peer's chat message without an id (legacy peers may leave it out).
+    ChatWithoutId,
+    /// An invitation unsigned or badly signed.
+    BadSignature,
+    /// An unsigned chat message that came through a relay: the relay could have forged it.
+    RelayedChat,
+    /// A relay request or relayed stanza we will not act on (unknown or legacy peer, no
+    /// forwarded stanza).
+    RelayRefused,
+    /// A frame or stream from a key presence has not told us of.
+    UnknownSender,
+    /// A stream we closed with an RFC 6120 stream error.
+    StreamError,
+    /// A datagram on the courier or probe channel that is not a valid signed frame.
+    BadFrame,
+    /// What we received could not be stored: no receipt went out, the sender will retry.
+    StoreFailed,
+    /// A datagram on an interface we do not serve.
+    ForeignInterface,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::MalformedStanza => "malformed-stanza",
+            DropReason::UnsupportedStanza => "unsupported-stanza",
+            DropReason::ChatWithoutId => "chat-without-id",
+            DropReason::BadSignature => "bad-signature",
+            DropReason::RelayedChat => "relayed-chat",
+            DropReason::RelayRefused => "relay-refused",
+            DropReason::UnknownSender => "unknown-sender",
+            DropReason::StreamError => "stream-error",
+            DropReason::BadFrame => "bad-frame",
+            DropReason::StoreFailed => "store-failed",
+            DropReason::ForeignInterface => "foreign-interface",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

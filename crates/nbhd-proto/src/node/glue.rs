@@ -1,0 +1,400 @@
+//! What the Node does between its engines: routing each channel's datagrams, turning presence's
+//! peers into messages peers and paths contacts, attributing evidence, and draining every
+//! engine's outputs into the Node's own after each input.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+use super::*;
+use crate::frame::{self, Kind};
+use crate::messages::{Action, PeerInfo, Received};
+use crate::paths::{Contact, PathsTransmit};
+
+impl Node {
+    pub(super) fn on_mdns(&mut self, now: Instant, iface: IfaceId, src: SocketAddr, bytes: &[u8]) {
+        if let Err(e) = self.presence.handle_packet(now, iface, src, bytes) {
+            let count = self
+                .presence
+                .stats()
+                .dropped
+                .get(e.kind())
+                .copied()
+                .unwrap_or(0);
+            self.events.push_back(Event::Dropped {
+                source: Channel::Mdns.as_str(),
+                from: src.to_string(),
+                reason: e.kind().to_string(),
+                detail: e.to_string(),
+                count,
+            });
+        }
+        // Its own records came: its multicast reaches us.
+        for instance in self.presence.take_heard() {
+            let id = self
+                .presence
+                .peers()
+                .find(|p| p.instance == instance && !p.legacy)
+                .map(|p| p.id.clone());
+            if let Some(id) = id {
+                self.paths.on_multicast_heard(now, &id);
+            }
+        }
+    }
+
+    /// Parses and checks a frame on the courier or probe channel: the frame and its sender's
+    /// peer id, or None (counted) when it is not ours to take.
+    fn frame_for_us(
+        &mut self,
+        channel: Channel,
+        src: SocketAddr,
+        bytes: &[u8],
+    ) -> Option<(frame::Repr, String)> {
+        let f = match frame::Repr::parse(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop(
+                    channel,
+                    &src.to_string(),
+                    DropReason::BadFrame,
+                    e.to_string(),
+                );
+                return None;
+            }
+        };
+        if f.recipient != self.me.public() || f.sender == self.me.public() {
+            return None; // for someone else on the shared channel, or our own echo
+        }
+        let Some(peer) = self.messages.peer_id_by_key(&f.sender) else {
+            let who = URL_SAFE_NO_PAD.encode(f.sender);
+            self.drop(
+                channel,
+                &src.to_string(),
+                DropReason::UnknownSender,
+                format!(
+                    "{:?} frame from key {who} that presence has not announced",
+                    f.kind
+                ),
+            );
+            return None;
+        };
+        Some((f, peer))
+    }
+
+    pub(super) fn on_courier(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
+        let Some((f, peer)) = self.frame_for_us(Channel::Courier, src, bytes) else {
+            return;
+        };
+        // A frame it signed came by multicast.
+        self.paths.on_multicast_heard(now, &peer);
+        match f.kind {
+            Kind::Observation => {
+                if let Err(e) = self.paths.handle_observation(now, &peer, &f.payload) {
+                    self.drop(Channel::Courier, &peer, DropReason::BadFrame, e.to_string());
+                }
+            }
+            Kind::Courier | Kind::CourierReceipt => {
+                self.messages
+                    .handle_courier(now, &peer, &f, &mut self.paths)
+            }
+            Kind::Probe | Kind::ProbeReply => self.drop(
+                Channel::Courier,
+                &peer,
+                DropReason::BadFrame,
+                "a probe on the courier channel".into(),
+            ),
+        }
+    }
+
+    pub(super) fn on_probe(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
+        let Some((f, peer)) = self.frame_for_us(Channel::Probe, src, bytes) else {
+            return;
+        };
+        match f.kind {
+            Kind::Probe | Kind::ProbeReply => self.paths.handle_probe(now, src, &peer, &f),
+            other => self.drop(
+                Channel::Probe,
+                &peer,
+                DropReason::BadFrame,
+                format!("a {other:?} frame on the probe channel"),
+            ),
+        }
+    }
+
+    pub(super) fn drop(
+        &mut self,
+        channel: Channel,
+        from: &str,
+        reason: DropReason,
+        detail: String,
+    ) {
+        let count = self.stats.dropped.entry((channel, reason)).or_default();
+        *count += 1;
+        let count = *count;
+        self.events.push_back(Event::Dropped {
+            source: channel.as_str(),
+            from: from.to_string(),
+            reason: reason.as_str().to_string(),
+            detail,
+            count,
+        });
+    }
+
+    pub(super) fn nick_of(&self, id: &str) -> String {
+        self.presence
+            .peers()
+            .find(|p| p.id == id)
+            .map(|p| p.nick.clone())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn diagnose(&self, now: Instant, p: &Peer) -> Diagnosis {
+        if p.legacy {
+            self.paths.diagnose_legacy(now, &p.id, &p.nick)
+        } else {
+            self.paths.diagnose(now, &p.id, &p.nick)
+        }
+    }
+
+    pub(super) fn write(&mut self, owner: Owner, record: Record) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.owners.insert(token, owner);
+        self.writes.push_back(StoreWrite { token, record });
+    }
+
+    /// A peer presence found, as messages and paths need it: nbhd peers with their key
+    /// (decoded once here) and probe port (TXT `probe`), legacy XEP-0174 peers as such.
+    fn sync_peer(&mut self, p: &Peer) {
+        let Some(ip) = p.addrs.first() else { return };
+        let key = p
+            .key
+            .as_deref()
+            .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
+            .and_then(|k| <[u8; 32]>::try_from(k).ok());
+        if key.is_none() && !p.legacy {
+            return; // announces nbhd=1 but no usable key: nothing we could verify
+        }
+        let key = key.unwrap_or([0; 32]);
+        self.messages.set_peer(PeerInfo {
+            id: p.id.clone(),
+            key,
+            instance: p.instance.clone(),
+            addr: SocketAddr::new(*ip, p.port),
+            legacy: p.legacy,
+        });
+        if !p.legacy {
+            let probe_addr = p
+                .txt
+                .iter()
+                .find(|(k, _)| k == "probe")
+                .and_then(|(_, v)| v.parse::<u16>().ok())
+                .map(|port| SocketAddr::new(*ip, port));
+            self.paths.set_contact(&p.id, Contact { key, probe_addr });
+        }
+    }
+
+    /// Drains every engine into the Node's outputs, and publishes path changes.
+    pub(super) fn after(&mut self, now: Instant) {
+        while let Some(t) = self.presence.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                channel: Channel::Mdns,
+                iface: Some(t.iface),
+                destination: t.destination,
+                payload: t.payload,
+            });
+        }
+        while let Some(e) = self.presence.poll_event() {
+            match &e {
+                presence::Event::PeerUp(p) | presence::Event::PeerChanged(p) => self.sync_peer(p),
+                presence::Event::PeerDown(p) => {
+                    self.messages.remove_peer(&p.id);
+                    self.paths.remove_contact(&p.id);
+                    self.path_states.remove(&p.id);
+                }
+                presence::Event::Renamed { instance, .. } => self.messages.set_instance(instance),
+                presence::Event::Announced { .. } => {}
+            }
+            self.events.push_back(match e {
+                presence::Event::PeerUp(p) => Event::PeerUp(p),
+                presence::Event::PeerDown(p) => Event::PeerDown(p),
+                presence::Event::PeerChanged(p) => Event::PeerChanged(p),
+                presence::Event::Renamed { instance, hostname } => {
+                    Event::Renamed { instance, hostname }
+                }
+                presence::Event::Announced { iface, instance } => {
+                    Event::Announced { iface, instance }
+                }
+            });
+        }
+        self.drain_messages();
+        while let Some(t) = self.paths.poll_transmit() {
+            self.transmits.push_back(match t {
+                PathsTransmit::Probe { addr, bytes } => Transmit {
+                    channel: Channel::Probe,
+                    iface: None,
+                    destination: Destination::Unicast(addr),
+                    payload: bytes,
+                },
+                PathsTransmit::Courier { bytes } => courier(bytes),
+            });
+        }
+        self.publish_path_changes(now);
+    }
+
+    fn drain_messages(&mut self) {
+        while let Some(a) = self.messages.poll_action() {
+            match a {
+                Action::Connect { conn, addr } => {
+                    self.streams.push_back(StreamAction::Connect { conn, addr })
+                }
+                Action::Send { conn, bytes } => {
+                    self.streams.push_back(StreamAction::Send { conn, bytes })
+                }
+                Action::Close { conn } => self.streams.push_back(StreamAction::Close { conn }),
+                Action::Courier { bytes } => self.transmits.push_back(courier(bytes)),
+            }
+        }
+        while let Some((local, received)) = self.messages.poll_write() {
+            let record = match received {
+                Received::Message {
+                    from,
+                    id,
+                    body,
+                    via,
+                } => Record::Message {
+                    id,
+                    from_nick: self.nick_of(&from),
+                    from,
+                    to: self.me.peer_id(),
+                    to_nick: self.config.nick.clone(),
+                    text: body,
+                    via: Some(via),
+                },
+                Received::Invitation {
+                    from,
+                    id,
+                    activity,
+                    reason,
+                    via,
+                    relayed_by,
+                } => Record::Invitation {
+                    id,
+                    from_nick: self.nick_of(&from),
+                    from,
+                    activity,
+                    reason,
+                    via,
+                    relayed_by,
+                },
+            };
+            self.write(Owner::Messages(local), record);
+        }
+        while let Some(e) = self.messages.poll_event() {
+            let e = match e {
+                messages::Event::Delivered {
+                    id,
+                    peer,
+                    via,
+                    latency,
+                    receipt,
+                } => {
+                    if self.sent.remove(&id) {
+                        self.write(
+                            Owner::Node,
+                            Record::Delivered {
+                                id: id.clone(),
+                                via,
+                            },
+                        );
+                    }
+                    Event::Delivered {
+                        id,
+                        peer,
+                        via,
+                        latency,
+                        receipt,
+                    }
+                }
+                messages::Event::Failed { id, peer } => {
+                    self.sent.remove(&id);
+                    Event::Failed { id, peer }
+                }
+                messages::Event::Message {
+                    from,
+                    id,
+                    body,
+                    via,
+                } => Event::Message {
+                    from_nick: self.nick_of(&from),
+                    from,
+                    id,
+                    text: body,
+                    via,
+                },
+                messages::Event::Invitation {
+                    from,
+                    id,
+                    activity,
+                    reason,
+                    via,
+                    relayed_by,
+                } => Event::Invitation {
+                    from_nick: self.nick_of(&from),
+                    from,
+                    id,
+                    activity,
+                    reason,
+                    via,
+                    relayed_by,
+                },
+                messages::Event::Dropped {
+                    from,
+                    reason,
+                    detail,
+                } => Event::Dropped {
+                    source: "messages",
+                    count: self
+                        .messages
+                        .stats()
+                        .dropped
+                        .get(&reason)
+                        .copied()
+                        .unwrap_or(0),
+                    from,
+                    reason: reason.as_str().to_string(),
+                    detail,
+                },
+            };
+            self.events.push_back(e);
+        }
+    }
+
+    /// `PathChanged`: a peer's path state moved (a new peer in `unknown` is no change).
+    fn publish_path_changes(&mut self, now: Instant) {
+        let peers: Vec<Peer> = self.presence.peers().cloned().collect();
+        for p in peers {
+            let d = self.diagnose(now, &p);
+            let before = self.path_states.insert(p.id.clone(), d.state);
+            if before == Some(d.state) || (before.is_none() && d.state == PathState::Unknown) {
+                continue;
+            }
+            self.events.push_back(Event::PathChanged {
+                peer: p.id.clone(),
+                nick: p.nick.clone(),
+                diagnosis: d,
+            });
+        }
+    }
+}
+
+fn courier(bytes: Vec<u8>) -> Transmit {
+    Transmit {
+        channel: Channel::Courier,
+        iface: None,
+        destination: Destination::Multicast,
+        payload: bytes,
+    }
+}

@@ -1,0 +1,656 @@
+//! The Node: presence, paths and messages composed once, and the only thing a driver talks to
+//! (DESIGN.md §3). The daemon maps its channels to sockets and its streams to tasks; the
+//! simulator (and every engine test, through [`crate::vnet`]) maps them to a modelled medium.
+//! A protocol decision in a driver is a bug: if a driver needs one, it is an input or an output
+//! missing here.
+//!
+//! Inputs: [`Node::handle_datagram`] (tagged with its [`Channel`]), [`Node::handle_stream`],
+//! [`Node::handle_command`], [`Node::handle_interfaces`], [`Node::handle_send_error`],
+//! [`Node::handle_timeout`], and [`Node::handle_persisted`] / [`Node::handle_persist_failed`]
+//! for the store writes it asked for. Outputs: [`Node::poll_transmit`], [`Node::poll_stream`],
+//! [`Node::poll_store`], [`Node::poll_event`], [`Node::poll_timeout`].
+//!
+//! What the Node owns beyond its engines is the glue between them: a peer presence found
+//! becomes a messages peer and a paths contact (its key decoded once, its probe port read from
+//! TXT `probe`); a rename reaches messages; multicast heard from a peer (its own mDNS records,
+//! any valid frame it signed) is path evidence for that peer, attributed by content; a local
+//! send error is evidence for the peer it was for; path states that change become events.
+
+mod glue;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::drops::DropReason;
+use crate::identity::Identity;
+use crate::messages::stanza::Activity;
+use crate::messages::{self, Messages};
+use crate::paths::{Diagnosis, PathState, Paths, Via};
+use crate::presence::{self, Presence};
+
+pub use crate::messages::ConnId;
+pub use crate::presence::{Destination, IfaceId, Peer};
+
+/// The neighborhood channel: a group and port of our own, not mDNS's (DESIGN.md §4.3).
+pub const COURIER_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 110, 98);
+pub const COURIER_PORT: u16 = 7641;
+
+/// Which socket a datagram came in on, or goes out of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// mDNS/DNS-SD, 224.0.0.251:5353.
+    Mdns,
+    /// The neighborhood channel ([`COURIER_GROUP`]:[`COURIER_PORT`]): courier frames, their
+    /// receipts, path observations.
+    Courier,
+    /// Unicast path probes, on the port we announce in TXT `probe`.
+    Probe,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Mdns => "mdns",
+            Channel::Courier => "courier",
+            Channel::Probe => "probe",
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub channel: Channel,
+    /// The interface to send it out of; None: every interface (the courier's frames).
+    pub iface: Option<IfaceId>,
+    /// Multicast goes to the channel's group.
+    pub destination: Destination,
+    pub payload: Vec<u8>,
+}
+
+/// What happened to a stream, as the driver saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamInput {
+    /// An incoming connection (ids from [`Node::ACCEPTED_BASE`] up, chosen by the driver).
+    Accepted {
+        conn: ConnId,
+        remote: SocketAddr,
+    },
+    /// Our [`StreamAction::Connect`] completed.
+    Connected {
+        conn: ConnId,
+    },
+    Data {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
+    /// The connect failed (`failed`), or the stream ended or broke.
+    Closed {
+        conn: ConnId,
+        failed: bool,
+    },
+}
+
+/// What the driver must do with streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamAction {
+    Connect { conn: ConnId, addr: SocketAddr },
+    Send { conn: ConnId, bytes: Vec<u8> },
+    Close { conn: ConnId },
+}
+
+/// A local send error, as evidence (DESIGN.md §4.3: EPERM, ENETUNREACH count too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Refused here (a firewall: EPERM), or no route (ENETUNREACH, EHOSTUNREACH).
+    Refused,
+    Other,
+}
+
+/// What the Node is, where it listens, and its seed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub secret: [u8; 32],
+    pub nick: String,
+    /// The machine's host name: the instance is `nick@host` (XEP-0174 §4).
+    pub host: String,
+    /// Our mDNS host name label; None: `nbhd-<first 8 hex of the key>` (DESIGN.md §4.1).
+    pub hostname: Option<String>,
+    /// `avail`, `away` or `dnd`.
+    pub status: String,
+    pub msg: String,
+    /// Our XEP-0174 stream listener (`port.p2pj`).
+    pub p2pj_port: u16,
+    /// Our probe socket (TXT `probe`).
+    pub probe_port: u16,
+    /// TTL of every record we announce; None: RFC 6762's defaults.
+    pub record_ttl: Option<u32>,
+    pub seed: u64,
+}
+
+/// What a Node restarts from: what its store holds.
+#[derive(Clone, Debug, Default)]
+pub struct Restored {
+    /// (sender, stanza id) of everything received and stored.
+    pub seen: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// A 1:1 chat message to the peer with this id.
+    Send {
+        peer: String,
+        text: String,
+        timeout: Duration,
+    },
+    /// An invitation to the activity named `activity`.
+    Invite {
+        peer: String,
+        activity: String,
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// PEER was empty or blank: a usage error.
+    EmptyPeer,
+    NoSuchPeer(String),
+    /// Several peers match; their `instance (id prefix)`.
+    Ambiguous(String, Vec<String>),
+    /// The peer is known but cannot be sent this (a legacy peer cannot verify an invitation).
+    Refused(String),
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandError::EmptyPeer => write!(
+                f,
+                "PEER must not be empty (a nick, an instance name or a prefix of a peer id)"
+            ),
+            CommandError::NoSuchPeer(q) => write!(f, "no peer matches {q:?} (see nbhd peers)"),
+            CommandError::Ambiguous(q, c) => write!(f, "{q:?} is ambiguous: {}", c.join(", ")),
+            CommandError::Refused(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// What must be stored; confirmed with [`Node::handle_persisted`] (or
+/// [`Node::handle_persist_failed`]) by its `token`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreWrite {
+    pub token: u64,
+    pub record: Record,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A 1:1 message, received (`via` set) or sent by us (`via` None until delivered).
+    Message {
+        id: String,
+        from: String,
+        to: String,
+        from_nick: String,
+        to_nick: String,
+        text: String,
+        via: Option<Via>,
+    },
+    /// A message we sent reached its peer.
+    Delivered { id: String, via: Via },
+    Invitation {
+        id: String,
+        from: String,
+        from_nick: String,
+        activity: Activity,
+        reason: String,
+        via: Via,
+        relayed_by: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    PeerUp(Peer),
+    PeerDown(Peer),
+    PeerChanged(Peer),
+    /// Our names were taken by someone else; we now claim these (RFC 6762 §9).
+    Renamed {
+        instance: String,
+        hostname: String,
+    },
+    /// Our names are ours on this interface.
+    Announced {
+        iface: IfaceId,
+        instance: String,
+    },
+    /// A chat message, stored (and acknowledged).
+    Message {
+        from: String,
+        from_nick: String,
+        id: String,
+        text: String,
+        via: Via,
+    },
+    /// An invitation, stored (and acknowledged).
+    Invitation {
+        from: String,
+        from_nick: String,
+        id: String,
+        activity: Activity,
+        reason: String,
+        via: Via,
+        relayed_by: Option<String>,
+    },
+    Delivered {
+        id: String,
+        peer: String,
+        via: Via,
+        latency: Duration,
+        receipt: bool,
+    },
+    Failed {
+        id: String,
+        peer: String,
+    },
+    /// A peer's path state moved.
+    PathChanged {
+        peer: String,
+        nick: String,
+        diagnosis: Diagnosis,
+    },
+    /// Something from the network we would not take; `count` of this reason so far (so a
+    /// driver can log the first few and then one in many).
+    Dropped {
+        /// The channel it came on (`mdns`, `courier`, `probe`), or `messages` for streams and
+        /// stanzas.
+        source: &'static str,
+        from: String,
+        reason: String,
+        detail: String,
+        count: u64,
+    },
+}
+
+/// `nbhd status`'s view of us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub id: String,
+    pub instance: String,
+    /// Our mDNS host name, with `.local`.
+    pub hostname: String,
+    pub announced: bool,
+}
+
+/// Counters for `nbhd stats`.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub mdns: presence::Stats,
+    pub messages: messages::Stats,
+    /// Datagrams in, per channel.
+    pub datagrams_in: BTreeMap<Channel, u64>,
+    /// What the Node itself dropped, per channel and reason.
+    pub dropped: BTreeMap<(Channel, DropReason), u64>,
+}
+
+/// Where a store write came from, to route its confirmation.
+enum Owner {
+    Messages(u64),
+    /// Written for the record only (what we sent): nothing waits on it.
+    Node,
+}
+
+pub struct Node {
+    me: Identity,
+    config: Config,
+    presence: Presence,
+    paths: Paths,
+    messages: Messages,
+    ifaces: BTreeMap<IfaceId, Vec<Ipv4Addr>>,
+    /// The last path state published per peer, for `PathChanged`.
+    path_states: HashMap<String, PathState>,
+    next_token: u64,
+    owners: HashMap<u64, Owner>,
+    transmits: VecDeque<Transmit>,
+    streams: VecDeque<StreamAction>,
+    writes: VecDeque<StoreWrite>,
+    events: VecDeque<Event>,
+    stats: Stats,
+    /// Messages we sent that wait for delivery (whose path is stored when it comes).
+    sent: HashSet<String>,
+}
+
+impl Node {
+    /// Accepted connections are numbered by the driver from this value up.
+    pub const ACCEPTED_BASE: ConnId = Messages::ACCEPTED_BASE;
+
+    pub fn new(config: Config, restored: Restored, now: Instant) -> Node {
+        let me = Identity::from_secret(config.secret);
+        let nick: String = config.nick.chars().take(40).collect();
+        let instance: String = format!("{nick}@{}", config.host).chars().take(63).collect();
+        let hostname = config
+            .hostname
+            .clone()
+            .unwrap_or_else(|| me.hostname_label());
+        let hostname = hostname.trim_end_matches(".local").to_string();
+        let mut txt = presence::xep0174_txt(
+            config.p2pj_port,
+            &nick,
+            &config.status,
+            &config.msg,
+            &me.peer_id(),
+        );
+        txt.push(("probe".into(), config.probe_port.to_string()));
+        let presence = Presence::new(
+            presence::Config {
+                instance,
+                hostname,
+                port: config.p2pj_port,
+                txt,
+                host_ttl: config.record_ttl.unwrap_or(presence::DEFAULT_HOST_TTL),
+                other_ttl: config.record_ttl.unwrap_or(presence::DEFAULT_OTHER_TTL),
+                reannounce: true,
+                seed: config.seed,
+            },
+            now,
+        );
+        let mut messages = Messages::new(me.clone(), presence.instance(), config.seed ^ 0x6d73);
+        for (sender, id) in &restored.seen {
+            messages.mark_seen(sender, id);
+        }
+        Node {
+            paths: Paths::new(me.clone(), config.seed ^ 0x7061),
+            me,
+            config,
+            presence,
+            messages,
+            ifaces: BTreeMap::new(),
+            path_states: HashMap::new(),
+            next_token: 1,
+            owners: HashMap::new(),
+            transmits: VecDeque::new(),
+            streams: VecDeque::new(),
+            writes: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            sent: HashSet::new(),
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_stream(&mut self) -> Option<StreamAction> {
+        self.streams.pop_front()
+    }
+
+    pub fn poll_store(&mut self) -> Option<StoreWrite> {
+        self.writes.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.presence.poll_timeout(),
+            self.paths.poll_timeout(),
+            self.messages.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn id(&self) -> String {
+        self.me.peer_id()
+    }
+
+    pub fn nick(&self) -> &str {
+        &self.config.nick
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.me.peer_id(),
+            instance: self.presence.instance().to_string(),
+            hostname: format!("{}.local", self.presence.hostname()),
+            announced: self.presence.is_announced(),
+        }
+    }
+
+    /// The peers seen now, never ourselves.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.presence.peers()
+    }
+
+    /// `nbhd doctor`: one row per peer (legacy peers too).
+    pub fn doctor(&self, now: Instant) -> Vec<(Peer, Diagnosis)> {
+        self.presence
+            .peers()
+            .map(|p| (p.clone(), self.diagnose(now, p)))
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            mdns: self.presence.stats().clone(),
+            messages: self.messages.stats().clone(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// True while a stream is open or ending (the driver waits for them at shutdown).
+    pub fn has_streams(&self) -> bool {
+        self.messages.has_streams()
+    }
+
+    /// PEER as DESIGN.md §6 has it: a nick, an instance name or a prefix of a peer id.
+    pub fn resolve_peer(&self, q: &str) -> Result<String, CommandError> {
+        let q = q.trim();
+        if q.is_empty() {
+            return Err(CommandError::EmptyPeer);
+        }
+        let peers: Vec<&Peer> = self.presence.peers().collect();
+        let exact: Vec<&&Peer> = peers
+            .iter()
+            .filter(|p| p.id == q || p.instance == q || p.nick == q)
+            .collect();
+        let pick = if exact.is_empty() {
+            peers.iter().filter(|p| p.id.starts_with(q)).collect()
+        } else {
+            exact
+        };
+        match pick.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => Err(CommandError::NoSuchPeer(q.to_string())),
+            many => Err(CommandError::Ambiguous(
+                q.to_string(),
+                many.iter()
+                    .map(|p| format!("{} ({})", p.instance, &p.id[..p.id.len().min(12)]))
+                    .collect(),
+            )),
+        }
+    }
+
+    /// The interfaces we serve now and their IPv4 addresses. A change after the first set is a
+    /// network change: what we knew of paths is forgotten (DESIGN.md §4.3).
+    pub fn handle_interfaces(&mut self, now: Instant, ifaces: Vec<(IfaceId, Vec<Ipv4Addr>)>) {
+        let had = !self.ifaces.is_empty();
+        let new: BTreeMap<IfaceId, Vec<Ipv4Addr>> =
+            ifaces.into_iter().filter(|(_, a)| !a.is_empty()).collect();
+        if new == self.ifaces {
+            return;
+        }
+        for iface in self.ifaces.keys() {
+            if !new.contains_key(iface) {
+                self.presence.remove_interface(*iface);
+            }
+        }
+        for (iface, addrs) in &new {
+            if self.ifaces.get(iface) != Some(addrs) {
+                self.presence.set_interface(now, *iface, addrs.clone());
+            }
+        }
+        self.ifaces = new;
+        if had {
+            self.paths.network_changed();
+        }
+        self.after(now);
+    }
+
+    /// The interfaces we serve.
+    pub fn interfaces(&self) -> &BTreeMap<IfaceId, Vec<Ipv4Addr>> {
+        &self.ifaces
+    }
+
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        channel: Channel,
+        iface: IfaceId,
+        src: SocketAddr,
+        bytes: &[u8],
+    ) {
+        *self.stats.datagrams_in.entry(channel).or_default() += 1;
+        if !self.ifaces.contains_key(&iface) {
+            self.drop(
+                channel,
+                &src.to_string(),
+                DropReason::ForeignInterface,
+                String::new(),
+            );
+            return;
+        }
+        match channel {
+            Channel::Mdns => self.on_mdns(now, iface, src, bytes),
+            Channel::Courier => self.on_courier(now, src, bytes),
+            Channel::Probe => self.on_probe(now, src, bytes),
+        }
+        self.after(now);
+    }
+
+    pub fn handle_stream(&mut self, now: Instant, input: StreamInput) {
+        let paths = &mut self.paths;
+        match input {
+            StreamInput::Accepted { conn, remote } => {
+                self.messages.handle_accepted(now, conn, remote)
+            }
+            StreamInput::Connected { conn } => self.messages.handle_connected(now, conn),
+            StreamInput::Data { conn, bytes } => {
+                self.messages.handle_data(now, conn, &bytes, paths)
+            }
+            StreamInput::Closed { conn, failed } => {
+                self.messages.handle_closed(now, conn, failed, paths)
+            }
+        }
+        self.after(now);
+    }
+
+    /// Starts a delivery; its id (the `nbhd send` reply waits for its Delivered or Failed).
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<String, CommandError> {
+        let r = match cmd {
+            Command::Send {
+                peer,
+                text,
+                timeout,
+            } => {
+                let id = self
+                    .messages
+                    .send(now, &peer, &text, timeout, &mut self.paths)
+                    .ok_or_else(|| CommandError::NoSuchPeer(peer.clone()))?;
+                let to_nick = self.nick_of(&peer);
+                self.write(
+                    Owner::Node,
+                    Record::Message {
+                        id: id.clone(),
+                        from: self.me.peer_id(),
+                        to: peer,
+                        from_nick: self.config.nick.clone(),
+                        to_nick,
+                        text,
+                        via: None,
+                    },
+                );
+                self.sent.insert(id.clone());
+                Ok(id)
+            }
+            Command::Invite {
+                peer,
+                activity,
+                timeout,
+            } => {
+                if self.messages.peer(&peer).is_some_and(|p| p.legacy) {
+                    return Err(CommandError::Refused(format!(
+                        "{} is a plain XEP-0174 client: it cannot check a signed invitation",
+                        self.nick_of(&peer)
+                    )));
+                }
+                // Until shared activities exist, the name is all an invitation carries.
+                let activity = Activity {
+                    id: activity.clone(),
+                    name: activity,
+                    kind: "activity".into(),
+                    ..Activity::default()
+                };
+                self.messages
+                    .invite(now, &peer, activity, "", timeout, &mut self.paths)
+                    .ok_or(CommandError::NoSuchPeer(peer))
+            }
+        };
+        self.after(now);
+        r
+    }
+
+    /// A datagram we tried to send to `dst` on `channel` failed locally.
+    pub fn handle_send_error(
+        &mut self,
+        now: Instant,
+        channel: Channel,
+        dst: SocketAddr,
+        e: SendError,
+    ) {
+        if e != SendError::Refused || channel != Channel::Probe {
+            return;
+        }
+        if let Some(peer) = self.paths.peer_at_probe_addr(dst).map(str::to_string) {
+            self.paths.on_local_send_error(now, &peer);
+        }
+        self.after(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.presence.handle_timeout(now);
+        self.paths.handle_timeout(now);
+        self.messages.handle_timeout(now, &mut self.paths);
+        self.after(now);
+    }
+
+    pub fn handle_persisted(&mut self, now: Instant, token: u64) {
+        if let Some(Owner::Messages(local)) = self.owners.remove(&token) {
+            self.messages.handle_persisted(now, local);
+        }
+        self.after(now);
+    }
+
+    pub fn handle_persist_failed(&mut self, now: Instant, token: u64, why: &str) {
+        if let Some(Owner::Messages(local)) = self.owners.remove(&token) {
+            self.messages.handle_persist_failed(now, local, why);
+        }
+        self.after(now);
+    }
+
+    /// Shutting down: goodbyes for our records, `</stream:stream>` on every stream.
+    pub fn close(&mut self, now: Instant) {
+        self.presence.close(now);
+        self.messages.close(now);
+        self.after(now);
+    }
+}

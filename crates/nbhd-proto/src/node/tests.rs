@@ -1,0 +1,676 @@
+//! Whole Nodes on the shared virtual network: presence finds the peers, messages and paths
+//! carry and diagnose, the store is written and confirmed; nothing is wired by hand. Faults are
+//! the vnet's: the seed's one-way unicast black hole, multicast loss, random loss, a failing
+//! store, a crash at the worst moment.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::frame;
+use crate::identity::Identity;
+use crate::messages::stanza::Stanza;
+use crate::paths::Health;
+use crate::vnet::{self, Store, Vnet, IFACE, P2PJ_PORT, PROBE_PORT};
+
+const NICKS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+
+fn secret(i: usize) -> [u8; 32] {
+    [i as u8 + 1; 32]
+}
+
+fn config(i: usize) -> Config {
+    Config {
+        secret: secret(i),
+        nick: NICKS[i].to_string(),
+        host: "lab".into(),
+        hostname: None,
+        status: "avail".into(),
+        msg: String::new(),
+        p2pj_port: P2PJ_PORT,
+        probe_port: PROBE_PORT,
+        record_ttl: None,
+        seed: 100 + i as u64,
+    }
+}
+
+fn start(config: Config, restored: Restored, ip: Ipv4Addr, now: Instant) -> Node {
+    let mut n = Node::new(config, restored, now);
+    n.handle_interfaces(now, vec![(IFACE, vec![ip])]);
+    n
+}
+
+/// `n` nodes that have found each other.
+fn net(n: usize) -> Vnet<Node> {
+    let mut net = Vnet::new(7);
+    for i in 0..n {
+        net.add(|ip, now| start(config(i), Restored::default(), ip, now));
+    }
+    let found = net.run_until_true(Duration::from_secs(10), |net| {
+        (0..n).all(|i| net.host(i).peers().count() == n - 1)
+    });
+    assert!(found.is_some(), "discovery");
+    net
+}
+
+fn id(net: &Vnet<Node>, i: usize) -> String {
+    net.host(i).id()
+}
+
+fn send(net: &mut Vnet<Node>, from: usize, to: usize, text: &str, timeout: Duration) -> String {
+    let peer = id(net, to);
+    net.with(from, |n, now| {
+        n.handle_command(
+            now,
+            Command::Send {
+                peer,
+                text: text.into(),
+                timeout,
+            },
+        )
+    })
+    .expect("a known peer")
+}
+
+fn invite(net: &mut Vnet<Node>, from: usize, to: usize, name: &str, timeout: Duration) -> String {
+    let peer = id(net, to);
+    net.with(from, |n, now| {
+        n.handle_command(
+            now,
+            Command::Invite {
+                peer,
+                activity: name.into(),
+                timeout,
+            },
+        )
+    })
+    .expect("a known peer")
+}
+
+/// When and how `id` was delivered, as its sender saw it.
+fn delivered(net: &Vnet<Node>, id: &str) -> Option<(Instant, Via, Duration)> {
+    net.events.iter().find_map(|(t, _, e)| match e {
+        Event::Delivered {
+            id: i,
+            via,
+            latency,
+            ..
+        } if i == id => Some((*t, *via, *latency)),
+        _ => None,
+    })
+}
+
+fn failed(net: &Vnet<Node>, id: &str) -> bool {
+    net.events
+        .iter()
+        .any(|(_, _, e)| matches!(e, Event::Failed { id: i, .. } if i == id))
+}
+
+/// What host `at` was shown: message texts, and `invitation:NAME`.
+fn shown(net: &Vnet<Node>, at: usize) -> Vec<String> {
+    net.events_of(at)
+        .filter_map(|e| match e {
+            Event::Message { text, .. } => Some(text.clone()),
+            Event::Invitation { activity, .. } => Some(format!("invitation:{}", activity.name)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Courier frames on the medium since `since`, by sender and kind.
+fn frames(net: &Vnet<Node>, from: usize, kind: frame::Kind, since: Instant) -> Vec<frame::Repr> {
+    net.sent
+        .iter()
+        .filter(|s| s.from == from && s.at >= since && s.channel == Channel::Courier)
+        .filter_map(|s| frame::Repr::parse(&s.payload).ok())
+        .filter(|f| f.kind == kind)
+        .collect()
+}
+
+fn diagnosis(net: &Vnet<Node>, at: usize, of: usize) -> Diagnosis {
+    let peer = id(net, of);
+    net.host(at)
+        .doctor(net.now)
+        .into_iter()
+        .find(|(p, _)| p.id == peer)
+        .map(|(_, d)| d)
+        .expect("a doctor row")
+}
+
+fn dropped(net: &Vnet<Node>, at: usize, reason: DropReason) -> u64 {
+    let s = net.host(at).stats();
+    s.messages.dropped.get(&reason).copied().unwrap_or(0)
+        + s.dropped
+            .iter()
+            .filter(|((_, r), _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+}
+
+#[test]
+fn a_healthy_path_delivers_over_tcp_with_no_courier_frame() {
+    let mut net = net(2);
+    let since = net.now;
+    let m = send(&mut net, 0, 1, "hello", Duration::from_secs(10));
+    net.run_for(Duration::from_secs(2));
+    let (_, via, latency) = delivered(&net, &m).expect("delivered");
+    assert_eq!(via, Via::Tcp);
+    assert!(latency < Duration::from_millis(250), "{latency:?}");
+    assert_eq!(shown(&net, 1), vec!["hello"]);
+    let m2 = send(&mut net, 0, 1, "again", Duration::from_secs(10));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &m2).unwrap().1, Via::Tcp);
+    assert!(
+        frames(&net, 0, frame::Kind::Courier, since).is_empty(),
+        "no courier frame on a healthy path"
+    );
+    // What was received is in the receiver's store; what was sent, with its path, in the sender's.
+    assert!(net.stores[1].records.iter().any(
+        |r| matches!(r, Record::Message { text, via: Some(Via::Tcp), .. } if text == "hello")
+    ));
+    assert!(net.stores[0].records.contains(&Record::Delivered {
+        id: m,
+        via: Via::Tcp
+    }));
+}
+
+#[test]
+fn the_seed_black_hole_delivers_by_courier_fast_and_once() {
+    let mut net = net(3);
+    net.unicast_drop.insert((0, 1));
+    let mut ids = Vec::new();
+    for k in 0..20 {
+        ids.push(invite(
+            &mut net,
+            0,
+            1,
+            &format!("act{k}"),
+            Duration::from_secs(30),
+        ));
+        net.run_for(Duration::from_secs(2));
+    }
+    for m in &ids {
+        let (_, via, latency) = delivered(&net, m).unwrap_or_else(|| panic!("{m} not delivered"));
+        assert_eq!(via, Via::Courier);
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+    }
+    assert_eq!(
+        shown(&net, 1).len(),
+        20,
+        "each exactly once: {:?}",
+        shown(&net, 1)
+    );
+    // Meanwhile alice to carol still uses TCP.
+    let m = send(&mut net, 0, 2, "hi", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &m).unwrap().1, Via::Tcp);
+}
+
+/// A stream to bob is open; then the seed's fault. The first invitation waits for the courier;
+/// that win is evidence: from the second on each goes by courier at once, and alice's doctor
+/// names the broken direction within a second of the win.
+#[test]
+fn after_a_courier_win_the_next_deliveries_go_by_courier_at_once() {
+    let mut net = net(2);
+    let warm = send(&mut net, 0, 1, "warm", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &warm).unwrap().1, Via::Tcp);
+    net.unicast_drop.insert((0, 1));
+    let first = invite(&mut net, 0, 1, "first", Duration::from_secs(10));
+    net.run_until_true(Duration::from_secs(2), |net| {
+        delivered(net, &first).is_some()
+    });
+    let (won_at, via, _) = delivered(&net, &first).expect("first delivered");
+    assert_eq!(via, Via::Courier);
+    let named = net.run_until_true(Duration::from_secs(1), |net| {
+        let d = diagnosis(net, 0, 1);
+        d.state == PathState::UnicastBroken
+            && (d.unicast_out, d.unicast_in) == (Health::Broken, Health::Ok)
+    });
+    assert!(
+        named.is_some(),
+        "doctor within 1 s of the courier win: {:?}",
+        diagnosis(&net, 0, 1)
+    );
+    eprintln!("doctor right {:?} after the courier win", net.now - won_at);
+    for k in 2..=10 {
+        let m = invite(&mut net, 0, 1, &format!("inv{k}"), Duration::from_secs(10));
+        net.run_for(Duration::from_millis(500));
+        let (_, via, latency) = delivered(&net, &m).expect("delivered");
+        assert_eq!(via, Via::Courier);
+        assert!(
+            latency <= Duration::from_millis(5),
+            "invitation {k}: {latency:?} (the courier goes at once)"
+        );
+    }
+}
+
+/// 20 % of everything every host receives is lost, on top of the seed's black hole: the
+/// courier's retransmissions follow the measured round trip and double up once loss is seen.
+#[test]
+fn under_twenty_percent_loss_and_the_black_hole_every_invitation_arrives_within_a_second() {
+    let mut net = net(3);
+    net.unicast_drop.insert((0, 1));
+    for h in 0..3 {
+        net.loss.insert(h, 0.2);
+    }
+    let mut latencies = Vec::new();
+    for k in 0..100 {
+        let m = invite(&mut net, 0, 1, &format!("l{k}"), Duration::from_secs(10));
+        net.run_until_true(Duration::from_secs(3), |net| delivered(net, &m).is_some());
+        let (_, _, latency) = delivered(&net, &m).unwrap_or_else(|| panic!("{m} lost"));
+        latencies.push(latency);
+        net.run_for(Duration::from_millis(100));
+    }
+    latencies.sort();
+    let worst = *latencies.last().unwrap();
+    eprintln!(
+        "20 % loss + black hole: p50 {:?} p99 {:?} max {worst:?}",
+        latencies[49], latencies[98]
+    );
+    assert!(worst < Duration::from_secs(1), "{latencies:?}");
+    assert_eq!(shown(&net, 1).len(), 100, "each once");
+}
+
+#[test]
+fn a_badly_signed_invitation_is_dropped_unacknowledged_and_a_strangers_frame_too() {
+    let mut net = net(2);
+    let alice = Identity::from_secret(secret(0));
+    let bob = Identity::from_secret(secret(1));
+    // An invitation that says it is alice's, with a signature over other bytes.
+    let forged = Stanza::Invitation {
+        id: "inv-forged".into(),
+        activity: Activity {
+            id: "x".into(),
+            name: "x".into(),
+            ..Activity::default()
+        },
+        reason: String::new(),
+        signature: Some(crate::messages::stanza::sign_invitation(
+            &alice,
+            &bob.public(),
+            "another-id",
+            &Activity::default(),
+            "",
+        )),
+    }
+    .to_element("alice@lab", "bob@lab");
+    let frame_of = |by: &Identity, payload: Vec<u8>| {
+        frame::Repr {
+            kind: frame::Kind::Courier,
+            sender: by.public(),
+            recipient: bob.public(),
+            id: 42,
+            payload,
+        }
+        .emit(by)
+        .unwrap()
+    };
+    let src = SocketAddr::new(IpAddr::V4(vnet::addr(0)), COURIER_PORT);
+    let since = net.now;
+    net.inject(
+        1,
+        Channel::Courier,
+        src,
+        &frame_of(&alice, forged.to_stanza_bytes()),
+    );
+    net.run_for(Duration::from_millis(100));
+    assert!(shown(&net, 1).is_empty());
+    assert_eq!(dropped(&net, 1, DropReason::BadSignature), 1);
+    assert!(
+        frames(&net, 1, frame::Kind::CourierReceipt, since).is_empty(),
+        "no receipt for what was refused"
+    );
+    // A well-signed invitation from a key presence never announced.
+    let stranger = Identity::from_secret([99; 32]);
+    let chat = Stanza::Chat {
+        id: Some("s1".into()),
+        body: "hi".into(),
+        receipt_requested: true,
+    }
+    .to_element("x@lab", "bob@lab");
+    net.inject(
+        1,
+        Channel::Courier,
+        src,
+        &frame_of(&stranger, chat.to_stanza_bytes()),
+    );
+    net.run_for(Duration::from_millis(100));
+    assert!(shown(&net, 1).is_empty());
+    assert_eq!(dropped(&net, 1, DropReason::UnknownSender), 1);
+}
+
+#[test]
+fn a_chat_without_id_from_an_nbhd_peer_is_dropped_and_counted() {
+    let mut net = net(2);
+    let alice = Identity::from_secret(secret(0));
+    let chat = Stanza::Chat {
+        id: None,
+        body: "who am I".into(),
+        receipt_requested: true,
+    }
+    .to_element("alice@lab", "bob@lab");
+    let f = frame::Repr {
+        kind: frame::Kind::Courier,
+        sender: alice.public(),
+        recipient: Identity::from_secret(secret(1)).public(),
+        id: 7,
+        payload: chat.to_stanza_bytes(),
+    }
+    .emit(&alice)
+    .unwrap();
+    let src = SocketAddr::new(IpAddr::V4(vnet::addr(0)), COURIER_PORT);
+    net.inject(1, Channel::Courier, src, &f);
+    assert!(shown(&net, 1).is_empty());
+    assert_eq!(dropped(&net, 1, DropReason::ChatWithoutId), 1);
+}
+
+#[test]
+fn a_deadline_cancels_every_path() {
+    let mut net = net(2);
+    net.unicast_drop.insert((0, 1));
+    net.multicast_drop.insert((0, 1)); // nothing can carry it
+    let m = send(&mut net, 0, 1, "lost", Duration::from_secs(2));
+    net.run_for(Duration::from_secs(5));
+    assert!(failed(&net, &m));
+    let frames_then = frames(&net, 0, frame::Kind::Courier, net.t0).len();
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(
+        frames(&net, 0, frame::Kind::Courier, net.t0).len(),
+        frames_then,
+        "no retransmission after the deadline"
+    );
+}
+
+#[test]
+fn a_stream_that_stops_delivering_is_dropped_and_the_peer_is_no_longer_up() {
+    let mut net = net(2);
+    let m = send(&mut net, 0, 1, "before", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &m).unwrap().1, Via::Tcp);
+    assert_eq!(diagnosis(&net, 0, 1).state, PathState::Up);
+    net.unicast_drop.insert((0, 1));
+    let m = send(&mut net, 0, 1, "during", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(delivered(&net, &m).unwrap().1, Via::Courier);
+    assert_ne!(diagnosis(&net, 0, 1).state, PathState::Up);
+}
+
+#[test]
+fn probes_and_observations_name_the_broken_direction_on_both_sides() {
+    let mut net = net(2);
+    net.unicast_drop.insert((0, 1));
+    let m = send(&mut net, 0, 1, "hi", Duration::from_secs(10));
+    net.run_for(Duration::from_secs(10));
+    assert_eq!(delivered(&net, &m).unwrap().1, Via::Courier);
+    let a = diagnosis(&net, 0, 1);
+    assert_eq!(a.state, PathState::UnicastBroken, "{a:?}");
+    assert_eq!(
+        (a.unicast_out, a.unicast_in, a.multicast_out, a.multicast_in),
+        (Health::Broken, Health::Ok, Health::Ok, Health::Ok),
+        "{a:?}"
+    );
+    assert!(
+        a.text
+            .starts_with("unicast from you to bob is dropped on the way"),
+        "{}",
+        a.text
+    );
+    let b = diagnosis(&net, 1, 0);
+    assert_eq!(
+        (b.unicast_out, b.unicast_in),
+        (Health::Ok, Health::Broken),
+        "{b:?}"
+    );
+    assert_eq!(b.state, PathState::UnicastBroken, "{b:?}");
+    assert!(
+        b.text
+            .starts_with("unicast from alice to you is dropped on the way"),
+        "{}",
+        b.text
+    );
+    // Path changes were published as they happened.
+    assert!(net.events_of(0).any(|e| matches!(e,
+        Event::PathChanged { nick, diagnosis, .. } if nick == "bob" && diagnosis.state == PathState::UnicastBroken)));
+}
+
+#[test]
+fn with_neither_tcp_nor_courier_an_invitation_goes_through_a_relay() {
+    let mut net = net(3);
+    net.unicast_drop.insert((0, 1));
+    net.multicast_drop.insert((0, 1));
+    let m = invite(&mut net, 0, 1, "chess", Duration::from_secs(10));
+    net.run_for(Duration::from_secs(5));
+    let (_, via, latency) = delivered(&net, &m).expect("delivered");
+    assert_eq!(via, Via::Relay);
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
+    let carol = id(&net, 2);
+    let relayed_by = net.events_of(1).find_map(|e| match e {
+        Event::Invitation { relayed_by, .. } => Some(relayed_by.clone()),
+        _ => None,
+    });
+    assert_eq!(relayed_by, Some(Some(carol)));
+    let m2 = invite(&mut net, 0, 1, "go", Duration::from_secs(10));
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(delivered(&net, &m2).unwrap().1, Via::Relay, "sticky");
+}
+
+#[test]
+fn a_relay_cannot_forge_a_chat_message() {
+    let mut net = net(3);
+    net.unicast_drop.insert((0, 1));
+    net.multicast_drop.insert((0, 1));
+    let _ = send(&mut net, 0, 1, "unsigned", Duration::from_secs(4));
+    net.run_for(Duration::from_secs(5));
+    assert!(shown(&net, 1).is_empty(), "a relayed chat is not believed");
+    assert_eq!(dropped(&net, 1, DropReason::RelayedChat), 1);
+}
+
+#[test]
+fn what_was_stored_before_a_restart_is_acknowledged_again_but_not_shown_again() {
+    let mut net = net(2);
+    let m = send(&mut net, 0, 1, "once", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(shown(&net, 1), vec!["once"]);
+    net.crash(1);
+    net.restart(1, |ip, now, store: &Store| {
+        start(config(1), store.restored(), ip, now)
+    });
+    net.run_for(Duration::from_secs(3));
+    let shown_before = shown(&net, 1).len();
+    // The same stanza again (a late courier copy, say).
+    let alice = Identity::from_secret(secret(0));
+    let again = Stanza::Chat {
+        id: Some(m.clone()),
+        body: "once".into(),
+        receipt_requested: true,
+    }
+    .to_element("alice@lab", "bob@lab");
+    let f = frame::Repr {
+        kind: frame::Kind::Courier,
+        sender: alice.public(),
+        recipient: Identity::from_secret(secret(1)).public(),
+        id: 7,
+        payload: again.to_stanza_bytes(),
+    }
+    .emit(&alice)
+    .unwrap();
+    let since = net.now;
+    let src = SocketAddr::new(IpAddr::V4(vnet::addr(0)), COURIER_PORT);
+    net.inject(1, Channel::Courier, src, &f);
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(shown(&net, 1).len(), shown_before, "not shown again");
+    let receipts = frames(&net, 1, frame::Kind::CourierReceipt, since);
+    assert_eq!(receipts.len(), 1, "but acknowledged");
+    assert!(String::from_utf8_lossy(&receipts[0].payload).contains(&m));
+}
+
+/// The receipt goes out only once the invitation is stored: with a store that refuses writes,
+/// nothing is acknowledged (the sender is never told "delivered"); when the store heals, the
+/// sender's retransmission is stored, and only then acknowledged.
+#[test]
+fn a_store_that_fails_holds_the_receipt_back_until_the_invitation_is_stored() {
+    let mut net = net(2);
+    net.stores[1].failing = true;
+    let m = invite(&mut net, 0, 1, "chess", Duration::from_secs(20));
+    net.run_for(Duration::from_secs(2));
+    assert!(
+        delivered(&net, &m).is_none(),
+        "told delivered while nothing was stored"
+    );
+    assert!(shown(&net, 1).is_empty());
+    assert!(dropped(&net, 1, DropReason::StoreFailed) >= 1);
+    net.stores[1].failing = false;
+    net.run_until_true(Duration::from_secs(10), |net| delivered(net, &m).is_some());
+    let (at, _, _) = delivered(&net, &m).expect("delivered once the store works");
+    let stored = net.stores[1]
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Invitation { id, .. } if *id == m))
+        .count();
+    assert_eq!(stored, 1);
+    assert_eq!(shown(&net, 1), vec!["invitation:chess"]);
+    assert!(at >= net.t0);
+}
+
+/// The receiver dies between receiving an invitation and storing it (the write was asked for,
+/// never confirmed). It was never acknowledged, so the sender keeps trying; the restarted
+/// receiver stores it and acknowledges it; it is shown once.
+#[test]
+fn a_node_that_crashes_before_storing_never_acknowledged_and_gets_it_again() {
+    let mut net = net(2);
+    net.stores[1].crash_at_next_write = true;
+    let m = invite(&mut net, 0, 1, "chess", Duration::from_secs(30));
+    net.run_for(Duration::from_millis(500));
+    assert!(!net.is_up(1), "crashed at the write");
+    assert!(delivered(&net, &m).is_none());
+    assert!(net.stores[1].records.is_empty());
+    net.restart(1, |ip, now, store: &Store| {
+        start(config(1), store.restored(), ip, now)
+    });
+    net.run_until_true(Duration::from_secs(20), |net| delivered(net, &m).is_some());
+    assert!(delivered(&net, &m).is_some(), "delivered after the restart");
+    let stored: Vec<_> = net.stores[1]
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Invitation { id, .. } if *id == m))
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(shown(&net, 1), vec!["invitation:chess"]);
+}
+
+/// Presence renamed us after a conflict: the streams we open say the new instance name.
+#[test]
+fn a_rename_reaches_messages() {
+    let mut net = Vnet::new(3);
+    // Two nodes that both want to be "alice@lab".
+    for i in 0..2 {
+        net.add(|ip, now| {
+            let mut c = config(i);
+            c.nick = "alice".into();
+            start(c, Restored::default(), ip, now)
+        });
+    }
+    net.add(|ip, now| start(config(2), Restored::default(), ip, now));
+    net.run_for(Duration::from_secs(10));
+    let renamed = (0..2)
+        .find(|i| net.host(*i).status().instance != "alice@lab")
+        .expect("one was renamed");
+    let instance = net.host(renamed).status().instance;
+    assert_eq!(instance, "alice@lab (2)");
+    let since = net.now;
+    let _ = send(&mut net, renamed, 2, "hi", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    let header = net
+        .stream_sent
+        .iter()
+        .find(|(t, from, _, b)| *t >= since && *from == renamed && b.starts_with(b"<?xml"))
+        .map(|(_, _, _, b)| String::from_utf8_lossy(b).to_string())
+        .expect("a stream was opened");
+    assert!(header.contains(&format!("from='{instance}'")), "{header}");
+}
+
+/// Multicast heard is credited to the peer whose records it carried, whatever the source
+/// address (several responders may share one address, DESIGN.md §4.1).
+#[test]
+fn multicast_evidence_is_attributed_by_content_not_by_address() {
+    let mut net = net(3);
+    // A fresh alice that hears nothing from bob directly ...
+    net.multicast_drop.insert((1, 0));
+    net.crash(0);
+    net.restart(0, |ip, now, store: &Store| {
+        start(config(0), store.restored(), ip, now)
+    });
+    // ... but gets bob's own announcement relayed from carol's address.
+    let bobs: Vec<Vec<u8>> = net
+        .sent
+        .iter()
+        .filter(|s| s.from == 1 && s.channel == Channel::Mdns)
+        .map(|s| s.payload.clone())
+        .filter(|p| {
+            crate::presence::Message::parse(p).is_ok_and(|m| m.response && !m.answers.is_empty())
+        })
+        .collect();
+    let carol = SocketAddr::new(IpAddr::V4(vnet::addr(2)), crate::presence::MDNS_PORT);
+    net.run_for(Duration::from_secs(2));
+    let carol_before = diagnosis(&net, 0, 2).multicast_in;
+    for p in &bobs {
+        net.inject(0, Channel::Mdns, carol, p);
+    }
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        diagnosis(&net, 0, 1).multicast_in,
+        Health::Ok,
+        "bob's records: bob's multicast"
+    );
+    assert_eq!(carol_before, Health::Ok);
+}
+
+/// A peer's probes go to the port its TXT `probe` announces, and a local refusal to send there
+/// is evidence against that peer only.
+#[test]
+fn probes_go_to_the_announced_port_and_a_local_refusal_counts_against_that_peer() {
+    let mut net = Vnet::new(5);
+    net.add(|ip, now| start(config(0), Restored::default(), ip, now));
+    net.add(|ip, now| {
+        let mut c = config(1);
+        c.probe_port = 6001;
+        start(c, Restored::default(), ip, now)
+    });
+    net.add(|ip, now| start(config(2), Restored::default(), ip, now));
+    net.run_until_true(Duration::from_secs(10), |net| {
+        net.host(0).peers().count() == 2
+    });
+    net.unicast_drop.insert((0, 1));
+    let _ = send(&mut net, 0, 1, "probe me", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(2));
+    let bob_probe = SocketAddr::new(IpAddr::V4(vnet::addr(1)), 6001);
+    assert!(
+        net.sent.iter().any(|s| s.from == 0
+            && s.channel == Channel::Probe
+            && s.destination == Destination::Unicast(bob_probe)),
+        "a probe to bob's announced port"
+    );
+    let carol_probe = SocketAddr::new(IpAddr::V4(vnet::addr(2)), PROBE_PORT);
+    net.with(0, |n, now| {
+        n.handle_send_error(now, Channel::Probe, carol_probe, SendError::Refused)
+    });
+    let d = diagnosis(&net, 0, 2);
+    assert_eq!(d.unicast_out, Health::Broken, "{d:?}");
+    assert_ne!(diagnosis(&net, 0, 1).unicast_in, Health::Broken);
+}
+
+#[test]
+fn an_empty_or_unknown_peer_is_refused_and_an_ambiguous_one_lists_the_candidates() {
+    let net = net(3);
+    let n = net.host(0);
+    assert_eq!(n.resolve_peer("  "), Err(CommandError::EmptyPeer));
+    assert!(matches!(
+        n.resolve_peer("zed"),
+        Err(CommandError::NoSuchPeer(_))
+    ));
+    assert_eq!(n.resolve_peer("bob"), Ok(id(&net, 1)));
+    assert_eq!(n.resolve_peer("carol@lab"), Ok(id(&net, 2)));
+    assert_eq!(n.resolve_peer(&id(&net, 1)[..6]), Ok(id(&net, 1)));
+    // Two ids share no prefix here but the empty one; every id starts with "" and that is refused.
+}
