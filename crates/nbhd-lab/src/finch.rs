@@ -171,13 +171,22 @@ impl Finch {
                 finch.screen()
             )));
         }
-        // With -d finch also opens a debug window over the others; close it (Alt-c).
-        if wait_for(Duration::from_secs(3), || {
-            finch.focused_title().contains("Debug")
-        })
-        .is_some()
-        {
+        // With -d finch also opens a debug window over the others: focus it, close it (Alt-c).
+        let shown = || finch.screen().contains("Debug Window");
+        if wait_for(Duration::from_secs(3), shown).is_some() {
+            if !finch.focus("Debug Window") {
+                return Err(io::Error::other(format!(
+                    "cannot focus finch's debug window: {}",
+                    finch.screen()
+                )));
+            }
             finch.keys(&["M-c"]);
+            if wait_for(Duration::from_secs(3), || !shown()).is_none() {
+                return Err(io::Error::other(format!(
+                    "finch's debug window stays open: {}",
+                    finch.screen()
+                )));
+            }
         }
         Ok(finch)
     }

@@ -1,6 +1,7 @@
 //! The signed frame: the envelope of everything nbhd peers send each other over UDP, the
-//! courier on the neighborhood multicast channel and the unicast path probes alike
-//! (DESIGN.md §4.3, §4.5).
+//! courier (and its receipts and the path observations) on the neighborhood multicast channel
+//! and the unicast path probes alike (DESIGN.md §4.3, §4.5). Every frame names one recipient by
+//! its key; a Node takes only frames addressed to it.
 //!
 //! Layout (all integers big-endian), in the smoltcp manner: [`Packet`] is a checked view over a
 //! buffer, [`Repr`] the parsed form with `parse` and `emit`.
@@ -12,7 +13,7 @@
 //!
 //! The signature is ed25519 by the sender's key over [`SIGNING_DOMAIN`] followed by every byte
 //! before it, so a frame cannot be replayed as another protocol's signed bytes, and no field can
-//! be changed or moved. A recipient of all zeros addresses every peer.
+//! be changed or moved.
 
 use std::fmt;
 
@@ -27,7 +28,6 @@ pub const HEADER_LEN: usize = 82;
 pub const SIGNATURE_LEN: usize = 64;
 /// Payloads stay within one unfragmented datagram on a 1400-byte-MTU mesh.
 pub const MAX_PAYLOAD: usize = 1200;
-pub const BROADCAST: [u8; 32] = [0; 32];
 
 mod field {
     use std::ops::Range;
@@ -275,13 +275,26 @@ mod tests {
         }
     }
 
+    /// The whole frame, every byte, against bytes written down once (ed25519 signatures are
+    /// deterministic): magic, version, kind, reserved, sender key, recipient key, id, length,
+    /// the 46-byte stanza, the signature.
     #[test]
-    fn the_header_is_byte_exact() {
+    fn a_frame_is_byte_exact() {
         let me = Identity::from_secret([1; 32]);
         let bytes = sample(&me).emit(&me).unwrap();
-        assert_eq!(&bytes[..8], b"NBHD\x00\x01\x00\x00");
-        assert_eq!(&bytes[72..80], &[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(&bytes[80..82], &[0, 46]); // the 46-byte stanza
+        let expected = concat!(
+            "4e424844", "00", "01", "0000",
+            "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c",
+            "fd1724385aa0c75b64fb78cd602fa1d991fdebf76b13c58ed702eac835e9f618",
+            "0102030405060708",
+            "002e",
+            "3c6d65737361676520747970653d2763686174273e3c626f64793e68693c2f626f64793e3c2f6d6573736167653e",
+            "139197bd4bbd6a38d764cf2af8ab6000e2a35194a7356162a6f777e535eeafb7",
+            "87f80e8de946be0a1adc2d02843e442f67bcec106738c286403f15eec84ef00e",
+        );
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
+        assert_eq!(bytes.len(), HEADER_LEN + 46 + SIGNATURE_LEN);
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
     let finch = Finch::start(&mut lab, 1, "frank", "Frank", "Test").expect("finch");
     let alice_pid = start(&mut lab, 0, "alice", &[]);
     let alice = status(&lab, 0)["instance"].as_str().unwrap().to_string();
+    let alice_nick = "alice";
     let events_log = follow_events(&mut lab, 0);
     let finch_log = finch.debug_log.clone();
 
@@ -39,6 +40,11 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
     assert_eq!(row["legacy"], true);
     wait_for(Duration::from_secs(20), || finch.screen().contains("alice"))
         .unwrap_or_else(|| panic!("finch does not list alice:\n{}", finch.screen()));
+    assert!(
+        !finch.screen().contains(&format!("{alice_nick}@")),
+        "finch shows our nick, not the instance name:\n{}",
+        finch.screen()
+    );
 
     // Frank writes first: his stream, his messages (no id, XHTML beside the body, no receipt
     // asked). Each must arrive once.
@@ -68,14 +74,18 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
         typed,
         "each of frank's messages once, in order"
     );
-    let events = read(&events_log);
-    let shown: Vec<Value> = events
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["type"] == "message" && e["from"] == finch.account.as_str())
-        .collect();
+    // The events follower is another process: wait for its lines, then count.
+    let shown = || -> Vec<Value> {
+        read(&events_log)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["type"] == "message" && e["from"] == finch.account.as_str())
+            .collect()
+    };
+    wait_for(Duration::from_secs(10), || shown().len() >= N)
+        .unwrap_or_else(|| panic!("nbhd events showed {:?}", shown()));
     for t in &typed {
-        let n = shown.iter().filter(|e| e["text"] == t.as_str()).count();
+        let n = shown().iter().filter(|e| e["text"] == t.as_str()).count();
         assert_eq!(n, 1, "{t:?} shown {n} times in nbhd events");
     }
 
@@ -128,19 +138,33 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
             "{t:?} in finch's log:\n{log}"
         );
     }
-    let established = lab
-        .exec(0, &["ss", "-Htn", "state", "established"])
-        .expect("ss");
-    let streams = String::from_utf8_lossy(&established.stdout)
-        .lines()
-        .filter(|l| l.contains(&lab.host(1).ip.to_string()))
-        .count();
-    assert_eq!(
-        streams,
-        1,
-        "one stream between alice and frank: {}",
-        String::from_utf8_lossy(&established.stdout)
-    );
+    assert_eq!(streams_to(&lab, 1), 1, "one stream between alice and frank");
+    // What alice sent is kept too, with the path that carried it.
+    let (_, sent) = nbhd_json(&lab, 0, &["messages", "frank"]);
+    let to_frank: Vec<&Value> = sent
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["to"] == finch.account.as_str())
+        .collect();
+    assert_eq!(to_frank.len(), N, "{sent}");
+    assert!(to_frank.iter().all(|m| m["via"] == "tcp"), "{sent}");
+
+    // Frank closes the conversation: libpurple ends the stream; alice answers with her own end
+    // and closes, sending no reset.
+    let resets = tcp_out_rsts(&lab, 0);
+    finch.open_conversation("alice").expect("conversation");
+    finch.keys(&["M-c"]);
+    wait_for(Duration::from_secs(10), || streams_to(&lab, 1) == 0)
+        .unwrap_or_else(|| panic!("the stream stayed open:\n{}", finch.screen()));
+    assert_eq!(tcp_out_rsts(&lab, 0), resets, "alice sent a TCP reset");
+    // Alice writes again: a stream of hers this time, which finch takes.
+    let (code, v) = nbhd_json(&lab, 0, &["send", "frank", "one more", "--timeout", "10"]);
+    assert_eq!(code, Some(0), "{v}");
+    wait_for(Duration::from_secs(10), || {
+        finch.log(&alice).contains("one more")
+    })
+    .unwrap_or_else(|| panic!("{}", finch.screen()));
 
     // The doctor knows frank (TCP is his only path) and nothing was dropped on the way.
     let (_, doctor) = nbhd_json(&lab, 0, &["doctor"]);
@@ -188,4 +212,28 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
         "FIGURE finch and nbhd: {N}/{N} each way, each shown once, one stream; frank listed as {:?}, Away shown as dnd",
         row["nick"]
     );
+}
+
+/// Established TCP streams in host 0 to host `peer`.
+fn streams_to(lab: &Lab, peer: usize) -> usize {
+    let out = lab
+        .exec(0, &["ss", "-Htn", "state", "established"])
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("{}:", lab.host(peer).ip)))
+        .count()
+}
+
+/// The TCP resets host `i` has sent (`/proc/net/snmp` is per network namespace).
+fn tcp_out_rsts(lab: &Lab, i: usize) -> u64 {
+    let out = lab.exec(i, &["cat", "/proc/net/snmp"]).expect("snmp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tcp: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let (names, values) = (tcp[0].split_whitespace(), tcp[1].split_whitespace());
+    names
+        .zip(values)
+        .find(|(n, _)| *n == "OutRsts")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("Tcp OutRsts")
 }

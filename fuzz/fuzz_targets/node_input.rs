@@ -1,0 +1,199 @@
+//! A whole Node fed arbitrary input: stream bytes on accepted and opened connections (a legacy
+//! XEP-0174 peer's, which needs no authentication, and an nbhd peer's), courier frames signed by
+//! a peer it knows (so arbitrary stanzas reach the messages engine), probes, observations, raw
+//! datagrams on every channel, commands, store confirmations and failures, and time. Never a
+//! panic, whatever arrives.
+//!
+//! The peers are announced once by a handmade mDNS response, as on a real link. Then the input
+//! is a list of operations: one byte of opcode, one of argument, two of length, then that many
+//! bytes.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use nbhd_proto::frame::{self, Kind};
+use nbhd_proto::identity::Identity;
+use nbhd_proto::node::{Channel, Command, Config, IfaceId, Node, Restored, StreamInput};
+use nbhd_proto::presence::wire::{Message, Name, Record, RecordData};
+use nbhd_proto::presence::{xep0174_txt, SERVICE_TYPE};
+
+const IF: IfaceId = IfaceId(1);
+
+fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, last)
+}
+
+/// A response announcing `instance` at 10.0.0.`last` with `txt`.
+fn announce(instance: &str, host: &str, last: u8, txt: Vec<(String, String)>) -> Vec<u8> {
+    let svc = Name::dotted(SERVICE_TYPE);
+    let inst = Name::child(instance, &svc);
+    let target = Name::dotted(host);
+    let mut m = Message::response();
+    m.answers.push(Record::new(svc, 4500, RecordData::Ptr(inst.clone())));
+    m.answers.push(Record::new(
+        inst.clone(),
+        120,
+        RecordData::Srv {
+            priority: 0,
+            weight: 0,
+            port: 5298,
+            target: target.clone(),
+        },
+    ));
+    let txt = txt
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect();
+    m.answers.push(Record::new(inst, 4500, RecordData::Txt(txt)));
+    m.answers
+        .push(Record::new(target, 120, RecordData::A(ip(last))));
+    m.emit()
+}
+
+fuzz_target!(|data: &[u8]| {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let me = Identity::from_secret([1; 32]);
+    let peer = Identity::from_secret([2; 32]);
+    let mut node = Node::new(
+        Config {
+            secret: [1; 32],
+            nick: "fuzz".into(),
+            host: "lab".into(),
+            hostname: None,
+            status: "avail".into(),
+            msg: String::new(),
+            p2pj_port: 5298,
+            probe_port: 5299,
+            record_ttl: None,
+            seed: 1,
+        },
+        Restored::default(),
+        now,
+    );
+    node.handle_interfaces(now, vec![(IF, vec![ip(1)])]);
+    let mdns = |last: u8| SocketAddr::new(IpAddr::V4(ip(last)), 5353);
+    let mut txt = xep0174_txt(5298, "peer", "avail", "", &peer.peer_id());
+    txt.push(("probe".into(), "5299".into()));
+    node.handle_datagram(now, Channel::Mdns, IF, mdns(2), &announce("peer@lab", "p.local", 2, txt));
+    node.handle_datagram(
+        now,
+        Channel::Mdns,
+        IF,
+        mdns(3),
+        &announce(
+            "frank@box",
+            "box.local",
+            3,
+            vec![("txtvers".into(), "1".into()), ("1st".into(), "Frank".into())],
+        ),
+    );
+    let peer_id = peer.peer_id();
+    let mut rest = data;
+    while rest.len() >= 4 {
+        let (op, arg) = (rest[0], rest[1]);
+        let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
+        let take = len.min(rest.len() - 4);
+        let bytes = &rest[4..4 + take];
+        rest = &rest[4 + take..];
+        let conn = Node::ACCEPTED_BASE + u64::from(arg % 4);
+        let from = |last: u8| SocketAddr::new(IpAddr::V4(ip(last)), 40000 + u16::from(arg));
+        match op % 12 {
+            0 => node.handle_stream(
+                now,
+                StreamInput::Accepted {
+                    conn,
+                    remote: from(2 + arg % 2),
+                },
+            ),
+            1 => node.handle_stream(
+                now,
+                StreamInput::Data {
+                    conn,
+                    bytes: bytes.to_vec(),
+                },
+            ),
+            2 => node.handle_stream(
+                now,
+                StreamInput::Closed {
+                    conn,
+                    failed: arg % 2 == 0,
+                },
+            ),
+            3 | 4 => {
+                // A courier frame (or observation, or probe) the peer signed, to us.
+                let kind = [
+                    Kind::Courier,
+                    Kind::CourierReceipt,
+                    Kind::Observation,
+                    Kind::Probe,
+                    Kind::ProbeReply,
+                ][usize::from(arg) % 5];
+                let f = frame::Repr {
+                    kind,
+                    sender: peer.public(),
+                    recipient: me.public(),
+                    id: u64::from(arg),
+                    payload: bytes[..bytes.len().min(frame::MAX_PAYLOAD)].to_vec(),
+                };
+                if let Ok(b) = f.emit(&peer) {
+                    let channel = if op % 12 == 3 { Channel::Courier } else { Channel::Probe };
+                    node.handle_datagram(now, channel, IF, from(2), &b);
+                }
+            }
+            5 => {
+                let channel = [Channel::Mdns, Channel::Courier, Channel::Probe][usize::from(arg) % 3];
+                node.handle_datagram(now, channel, IfaceId(u32::from(arg % 2) + 1), from(4), bytes);
+            }
+            6 => {
+                let text = String::from_utf8_lossy(bytes).to_string();
+                let target = if arg % 2 == 0 { peer_id.clone() } else { "frank@box".into() };
+                let _ = node.handle_command(
+                    now,
+                    Command::Send {
+                        peer: target,
+                        text,
+                        timeout: Duration::from_secs(u64::from(arg % 30) + 1),
+                    },
+                );
+            }
+            7 => {
+                let _ = node.handle_command(
+                    now,
+                    Command::Invite {
+                        peer: peer_id.clone(),
+                        activity: String::from_utf8_lossy(bytes).to_string(),
+                        timeout: Duration::from_secs(5),
+                    },
+                );
+            }
+            8 => now += Duration::from_millis(u64::from(arg) * 37),
+            9 => {
+                if let Some(t) = node.poll_timeout() {
+                    now = now.max(t);
+                }
+                node.handle_timeout(now);
+            }
+            10 => node.handle_stream(now, StreamInput::Connected { conn: u64::from(arg % 4) + 1 }),
+            _ => {
+                let _ = node.resolve_peer(&String::from_utf8_lossy(bytes));
+                let _ = node.doctor(now);
+            }
+        }
+        // The driver's side: store writes confirmed (or refused, by the input's choice).
+        while let Some(w) = node.poll_store() {
+            if arg % 5 == 0 {
+                node.handle_persist_failed(now, w.token, "fuzz");
+            } else {
+                node.handle_persisted(now, w.token);
+            }
+        }
+        while node.poll_transmit().is_some() {}
+        while node.poll_stream().is_some() {}
+        while node.poll_event().is_some() {}
+    }
+    node.close(now);
+    node.handle_timeout(now + Duration::from_secs(600));
+});
