@@ -360,6 +360,36 @@ mod tests {
         assert_eq!(s.invitations().unwrap().len(), 1);
     }
 
+    /// The real thing: `tests/fixtures/store-first-release.db` was written by the first release
+    /// (commit 1002c0f) as bob, after alice invited him to "Chess club" and sent him a message.
+    #[test]
+    fn the_first_releases_own_store_file_opens_and_keeps_its_invitation_and_seen_id() {
+        let path = temp("fixture");
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-first-release.db"),
+            &path,
+        )
+        .unwrap();
+        let s = Store::open(&path).unwrap();
+        let alice = "Jvupb4a39v0lbuUwhaTdeYExSdEFCNk48XyAHD-Jy70";
+        let inv = s.invitations().unwrap();
+        assert_eq!(inv.len(), 1);
+        assert_eq!(
+            (
+                inv[0].from.as_str(),
+                inv[0].from_nick.as_str(),
+                inv[0].activity.name.as_str(),
+                inv[0].via.as_str(),
+                inv[0].received_at
+            ),
+            (alice, "alice", "Chess club", "tcp", 1_796_175_198_740)
+        );
+        // Its message id is still known a day later (the message itself was never kept then).
+        let seen = s.restored(1_796_175_198_746 + 24 * 3600 * 1000).unwrap().seen;
+        assert!(seen.contains(&(alice.to_string(), "bfeff542e1e0a06c".to_string())));
+        assert!(seen.contains(&(alice.to_string(), "0454a92bd1fa978c".to_string())));
+    }
+
     #[test]
     fn a_store_from_a_newer_nbhd_is_refused_with_a_clear_error() {
         let path = temp("newer");
