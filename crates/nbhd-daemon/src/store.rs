@@ -385,7 +385,10 @@ mod tests {
             (alice, "alice", "Chess club", "tcp", 1_796_175_198_740)
         );
         // Its message id is still known a day later (the message itself was never kept then).
-        let seen = s.restored(1_796_175_198_746 + 24 * 3600 * 1000).unwrap().seen;
+        let seen = s
+            .restored(1_796_175_198_746 + 24 * 3600 * 1000)
+            .unwrap()
+            .seen;
         assert!(seen.contains(&(alice.to_string(), "bfeff542e1e0a06c".to_string())));
         assert!(seen.contains(&(alice.to_string(), "0454a92bd1fa978c".to_string())));
     }

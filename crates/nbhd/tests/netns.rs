@@ -244,6 +244,43 @@ fn netns_cli_errors_are_one_line_with_the_contract_exit_codes() {
         4,
         "already runs",
     );
+    // An empty or blank PEER is a usage error (exit 2), never "the only peer".
+    for peer in ["", "  "] {
+        check(
+            &nbhd(&lab, 0, &dir, &["send", peer, "hi"]),
+            2,
+            "PEER must not be empty",
+        );
+        check(
+            &nbhd(&lab, 0, &dir, &["invite", peer, "chess"]),
+            2,
+            "PEER must not be empty",
+        );
+    }
+    // A peer nobody has seen: exit 1, with what to do.
+    check(
+        &nbhd(&lab, 0, &dir, &["send", "nobody", "hi"]),
+        1,
+        "nbhd peers",
+    );
+    // A closed stdout ends the command quietly with status 0, no panic: as `head -1` does it,
+    // and with the reader gone before the first write (so the write surely fails with EPIPE).
+    for reader in ["head -1", "(exec 0<&-; sleep 0.3)"] {
+        let script = format!(
+            "{NBHD} --data-dir {} status | {reader}; echo \"nbhd exit ${{PIPESTATUS[0]}}\"",
+            dir.display()
+        );
+        let out = lab.exec(0, &["bash", "-c", &script]).unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            stdout.contains("nbhd exit 0"),
+            "{reader}: {stdout} {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{reader}: {stderr}");
+    }
     // An unwritable data dir (a read-only bind mount: root ignores file modes): exit 5.
     let ro = lab.dir.join("readonly");
     std::fs::create_dir_all(&ro).unwrap();
