@@ -28,6 +28,8 @@ pub enum DropReason {
     StoreFailed,
     /// A datagram on an interface we do not serve.
     ForeignInterface,
+    /// A bounded table is full (members, senders, packets held out of order).
+    TableFull,
 }
 
 impl DropReason {
@@ -44,6 +46,7 @@ impl DropReason {
             DropReason::BadFrame => "bad-frame",
             DropReason::StoreFailed => "store-failed",
             DropReason::ForeignInterface => "foreign-interface",
+            DropReason::TableFull => "table-full",
         }
     }
 }

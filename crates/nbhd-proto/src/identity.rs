@@ -43,6 +43,21 @@ impl Identity {
     pub fn sign(&self, msg: &[u8]) -> Signature {
         self.key.sign(msg)
     }
+
+    /// X25519 agreement with a Montgomery point, using this identity's key in its X25519 form
+    /// (the clamped ed25519 secret scalar; see eprint 2021/509 on using one key for both).
+    pub fn agree(&self, point: &[u8; 32]) -> [u8; 32] {
+        curve25519_dalek::MontgomeryPoint(*point)
+            .mul_clamped(self.key.to_scalar_bytes())
+            .to_bytes()
+    }
+}
+
+/// A peer's ed25519 public key in its X25519 (Montgomery) form, if it is a valid key.
+pub fn montgomery(key: &[u8; 32]) -> Option<[u8; 32]> {
+    VerifyingKey::from_bytes(key)
+        .ok()
+        .map(|k| k.to_montgomery().to_bytes())
 }
 
 /// Checks `sig` over `msg` by the peer whose id is `peer_id`.

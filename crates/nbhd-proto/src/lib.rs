@@ -15,6 +15,7 @@
 //! - [`vnet`]: the virtual network every engine test runs on (hosts, a shared medium, faults,
 //!   a virtual clock, a seed), the core the simulator grows from.
 
+pub mod activity;
 pub mod drops;
 pub mod frame;
 pub mod identity;

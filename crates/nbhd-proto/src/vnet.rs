@@ -16,7 +16,7 @@
 //! be told to fail, or to crash its host at the next write, before the confirmation.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::activity::{group_of, ActivityId, ChannelChange, Load, Post};
 use crate::node::{
     Channel, ConnId, Node, Record, StoreWrite, StreamAction, StreamInput, Transmit, COURIER_PORT,
 };
@@ -68,6 +69,13 @@ pub trait Host {
     }
     fn handle_persisted(&mut self, _now: Instant, _token: u64) {}
     fn handle_persist_failed(&mut self, _now: Instant, _token: u64, _why: &str) {}
+    fn poll_channel(&mut self) -> Option<ChannelChange> {
+        None
+    }
+    fn poll_load(&mut self) -> Option<(u64, Load)> {
+        None
+    }
+    fn handle_loaded(&mut self, _now: Instant, _token: u64, _posts: Vec<Post>) {}
 }
 
 impl Host for Node {
@@ -108,6 +116,15 @@ impl Host for Node {
     }
     fn handle_persist_failed(&mut self, now: Instant, token: u64, why: &str) {
         Node::handle_persist_failed(self, now, token, why)
+    }
+    fn poll_channel(&mut self) -> Option<ChannelChange> {
+        Node::poll_channel(self)
+    }
+    fn poll_load(&mut self) -> Option<(u64, Load)> {
+        Node::poll_load(self)
+    }
+    fn handle_loaded(&mut self, now: Instant, token: u64, posts: Vec<Post>) {
+        Node::handle_loaded(self, now, token, posts)
     }
 }
 
@@ -179,7 +196,75 @@ impl Store {
                 _ => None,
             })
             .collect();
-        crate::node::Restored { seen }
+        let mut activities: BTreeMap<ActivityId, (crate::activity::ActivityInfo, bool)> =
+            BTreeMap::new();
+        let mut heads: BTreeMap<(ActivityId, [u8; 32]), (u64, u64, u64)> = BTreeMap::new();
+        let mut pins = Vec::new();
+        let mut invited = Vec::new();
+        for r in &self.records {
+            match r {
+                Record::Activity { info, joined } => {
+                    activities.insert(info.id, (info.clone(), *joined));
+                }
+                Record::Post(p) => {
+                    let last = p.first_pkt + u64::from(p.frags) - 1;
+                    let head = heads.entry((p.activity, p.sender)).or_default();
+                    if p.seq > head.0 {
+                        *head = (p.seq, last, p.lamport);
+                    }
+                }
+                Record::Pin { nick, key } => pins.push((nick.clone(), *key)),
+                Record::Invitation { id, activity, .. } if !activity.key.is_empty() => {
+                    invited.push((id.clone(), activity.clone()))
+                }
+                _ => {}
+            }
+        }
+        crate::node::Restored {
+            seen,
+            activities: crate::activity::Restored {
+                activities: activities.into_values().collect(),
+                heads: heads
+                    .into_iter()
+                    .map(|((a, s), (seq, last, lamport))| (a, s, seq, last, lamport))
+                    .collect(),
+            },
+            pins,
+            invited,
+        }
+    }
+
+    /// The stored posts of `sender` in `activity` whose packets meet `first..=last`.
+    pub fn load(&self, load: &Load) -> Vec<Post> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Post(p)
+                    if p.activity == load.activity
+                        && p.sender == load.sender
+                        && p.first_pkt <= load.last
+                        && p.first_pkt + u64::from(p.frags) > load.first =>
+                {
+                    Some(p.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// An activity's log as `nbhd log` shows it: every post, in the one total order (Lamport
+    /// time, then sender).
+    pub fn log(&self, activity: ActivityId) -> Vec<Post> {
+        let mut posts: Vec<Post> = self
+            .records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Post(p) if p.activity == activity => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        posts.sort_by_key(|p| (p.lamport, p.sender, p.seq));
+        posts
     }
 }
 
@@ -221,6 +306,8 @@ pub struct Vnet<H: Host> {
     pub sent: Vec<Sent>,
     /// Every write to a stream: (when, host, its connection, the bytes).
     pub stream_sent: Vec<(Instant, usize, ConnId, Vec<u8>)>,
+    /// Per host, the activity groups it joined.
+    channels: Vec<BTreeSet<ActivityId>>,
     /// Every event, with when and where.
     pub events: Vec<(Instant, usize, H::Event)>,
 }
@@ -245,6 +332,7 @@ impl<H: Host> Vnet<H> {
             next_accept: Vec::new(),
             sent: Vec::new(),
             stream_sent: Vec::new(),
+            channels: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -254,6 +342,7 @@ impl<H: Host> Vnet<H> {
         let i = self.hosts.len();
         self.hosts.push(Some(make(addr(i), self.now)));
         self.stores.push(Store::default());
+        self.channels.push(BTreeSet::new());
         self.next_accept.push(Node::ACCEPTED_BASE);
         self.drain();
         i
@@ -283,6 +372,7 @@ impl<H: Host> Vnet<H> {
     /// flight to it is lost, its store keeps what was confirmed.
     pub fn crash(&mut self, i: usize) {
         self.hosts[i] = None;
+        self.channels[i].clear();
         let mine: Vec<(usize, ConnId)> = self
             .links
             .keys()
@@ -331,6 +421,7 @@ impl<H: Host> Vnet<H> {
             Channel::Mdns => MDNS_PORT,
             Channel::Courier => COURIER_PORT,
             Channel::Probe => PROBE_PORT,
+            Channel::Activity(id) => group_of(&id).1,
         }
     }
 
@@ -391,6 +482,20 @@ impl<H: Host> Vnet<H> {
                 }
             }
         }
+        while let Some(c) = self.hosts[i].as_mut().and_then(|h| h.poll_channel()) {
+            busy = true;
+            match c {
+                ChannelChange::Open { id, .. } => self.channels[i].insert(id),
+                ChannelChange::Close { id } => self.channels[i].remove(&id),
+            };
+        }
+        while let Some((token, load)) = self.hosts[i].as_mut().and_then(|h| h.poll_load()) {
+            busy = true;
+            let posts = self.stores[i].load(&load);
+            if let Some(h) = self.hosts[i].as_mut() {
+                h.handle_loaded(now, token, posts);
+            }
+        }
         while let Some(e) = self.hosts[i].as_mut().and_then(|h| h.poll_event()) {
             busy = true;
             self.events.push((now, i, e));
@@ -417,6 +522,12 @@ impl<H: Host> Vnet<H> {
                 for to in 0..self.hosts.len() {
                     if self.multicast_drop.contains(&(from, to)) || (to != from && self.lost(to)) {
                         continue;
+                    }
+                    // An activity's group reaches only the hosts that joined it.
+                    if let Channel::Activity(id) = t.channel {
+                        if !self.channels[to].contains(&id) {
+                            continue;
+                        }
                     }
                     let a = arrival(t.payload.clone());
                     self.schedule(to, self.latency, a);

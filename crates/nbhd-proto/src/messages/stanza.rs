@@ -20,7 +20,8 @@ pub const NS_ACTIVITY: &str = "urn:nbhd:activity:0";
 pub const NS_EVENT: &str = "jabber:x:event";
 pub const INVITATION_DOMAIN: &[u8] = b"nbhd invitation v0\0";
 
-/// What an invitation names (until shared activities exist, the name is all it carries).
+/// What an invitation names: an activity (its id, group, port and key, the key sealed to the
+/// invitee), or just a name for what is not a shared activity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
     pub id: String,
@@ -29,6 +30,10 @@ pub struct Activity {
     /// Multicast group and port of the activity, when it has one.
     pub group: String,
     pub port: u16,
+    /// Its key, sealed to the invitee (base64url; empty when the invitation carries none).
+    pub key: String,
+    /// Never advertised: the key travels only in invitations.
+    pub private: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +117,12 @@ impl Stanza {
                         .attr("group", &activity.group)
                         .attr("port", &activity.port.to_string());
                 }
+                if !activity.key.is_empty() {
+                    a = a.attr("key", &activity.key);
+                }
+                if activity.private {
+                    a = a.attr("private", "1");
+                }
                 if let Some(s) = signature {
                     a = a.attr("sig", s);
                 }
@@ -163,6 +174,8 @@ impl Stanza {
                     kind: get("type"),
                     group: get("group"),
                     port,
+                    key: get("key"),
+                    private: get("private") == "1",
                 },
                 reason,
                 signature: a.get_attr("sig").map(str::to_string),
@@ -209,6 +222,12 @@ pub fn invitation_signed_bytes(
     field(a.group.as_bytes());
     field(&a.port.to_be_bytes());
     field(reason.as_bytes());
+    // Added with shared activities; an invitation without a key signs what the first release
+    // signed, so both still verify each other's.
+    if !a.key.is_empty() || a.private {
+        field(a.key.as_bytes());
+        field(&[u8::from(a.private)]);
+    }
     b
 }
 
@@ -270,6 +289,8 @@ mod tests {
             kind: "chat".into(),
             group: "239.255.7.9".into(),
             port: 40123,
+            key: "c2VhbGVk".into(),
+            private: true,
         }
     }
 
@@ -358,6 +379,21 @@ mod tests {
             name: "Chess clubs".into(),
             ..a.clone()
         };
+        for changed in [
+            Activity {
+                key: "c2VhbGVl".into(),
+                ..a.clone()
+            },
+            Activity {
+                private: false,
+                ..a.clone()
+            },
+        ] {
+            assert!(
+                !verify_invitation(&alice.public(), &bob, "i1", &changed, "join us", &sig),
+                "the sealed key and privacy are signed too"
+            );
+        }
         assert!(
             !verify_invitation(&alice.public(), &bob, "i1", &renamed, "join us", &sig),
             "changed field"

@@ -9,9 +9,34 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use super::*;
+use crate::activity::seal;
 use crate::frame::{self, Kind};
 use crate::messages::{Action, PeerInfo, Received};
 use crate::paths::{Contact, PathsTransmit};
+
+/// TXT keys advertising a public activity: `act1`, `act2`, ... (RFC 6763 §6.4: one key once).
+const ACT_KEY: &str = "act";
+/// At most this many advertised (a TXT record should stay within one datagram).
+const MAX_ADVERTISED: usize = 8;
+
+/// An invited activity, its key unsealed with ours; None if it carries none we can open.
+pub(super) fn unseal(me: &Identity, a: &Activity) -> Option<ActivityInfo> {
+    let id = ActivityId::from_hex(&a.id)?;
+    let sealed = URL_SAFE_NO_PAD.decode(&a.key).ok()?;
+    let key = seal::open(me, &sealed).ok()?;
+    Some(ActivityInfo::new(id, &a.name, &a.kind, a.private, key))
+}
+
+/// A public activity as its TXT value says it: `<id hex>,<key base64url>,<type>,<name>`.
+fn advertised(value: &str) -> Option<ActivityInfo> {
+    let mut parts = value.splitn(4, ',');
+    let id = ActivityId::from_hex(parts.next()?)?;
+    let key = URL_SAFE_NO_PAD.decode(parts.next()?).ok()?;
+    let key = <[u8; 32]>::try_from(key.as_slice()).ok()?;
+    let kind = parts.next()?;
+    let name = parts.next()?;
+    Some(ActivityInfo::new(id, name, kind, false, key))
+}
 
 impl Node {
     pub(super) fn on_mdns(&mut self, now: Instant, iface: IfaceId, src: SocketAddr, bytes: &[u8]) {
@@ -165,6 +190,60 @@ impl Node {
         self.writes.push_back(StoreWrite { token, record });
     }
 
+    /// Our TXT: the XEP-0174 keys and ours, and the public activities we are in (private ones
+    /// are never advertised).
+    pub(super) fn advertise(&mut self, now: Instant) {
+        let mut txt = self.base_txt.clone();
+        for (i, a) in self
+            .activities
+            .public_joined()
+            .into_iter()
+            .take(MAX_ADVERTISED)
+            .enumerate()
+        {
+            txt.push((
+                format!("{ACT_KEY}{}", i + 1),
+                format!(
+                    "{},{},{},{}",
+                    a.id,
+                    URL_SAFE_NO_PAD.encode(a.key),
+                    a.kind,
+                    a.name
+                ),
+            ));
+        }
+        self.presence.set_txt(now, txt);
+    }
+
+    /// Trust on first use (DESIGN.md §4.4): the first key seen for a nick is pinned (and
+    /// stored); the same nick with another key is flagged, not merged.
+    fn pin(&mut self, p: &Peer, key: [u8; 32]) {
+        match self.pins.get(&p.nick) {
+            Some(pinned) if *pinned != key => {
+                self.impostors.insert(p.id.clone());
+            }
+            Some(_) => {
+                self.impostors.remove(&p.id);
+            }
+            None => {
+                self.pins.insert(p.nick.clone(), key);
+                self.write(
+                    Owner::Node,
+                    Record::Pin {
+                        nick: p.nick.clone(),
+                        key,
+                    },
+                );
+            }
+        }
+    }
+
+    /// What every peer advertises, merged, for the activities engine.
+    fn refresh_advertised(&mut self) {
+        let all: Vec<ActivityInfo> = self.advertised_by.values().flatten().cloned().collect();
+        self.activities.set_advertised(all);
+    }
+
     /// A peer presence found, as messages and paths need it: nbhd peers with their key
     /// (decoded once here) and probe port (TXT `probe`), legacy XEP-0174 peers as such.
     fn sync_peer(&mut self, p: &Peer) {
@@ -193,6 +272,16 @@ impl Node {
                 .and_then(|(_, v)| v.parse::<u16>().ok())
                 .map(|port| SocketAddr::new(*ip, port));
             self.paths.set_contact(&p.id, Contact { key, probe_addr });
+            self.pin(p, key);
+            let acts: Vec<ActivityInfo> = p
+                .txt
+                .iter()
+                .filter(|(k, _)| k.starts_with(ACT_KEY))
+                .filter_map(|(_, v)| advertised(v))
+                .take(MAX_ADVERTISED)
+                .collect();
+            self.advertised_by.insert(p.id.clone(), acts);
+            self.refresh_advertised();
         }
     }
 
@@ -213,6 +302,10 @@ impl Node {
                     self.messages.remove_peer(&p.id);
                     self.paths.remove_contact(&p.id);
                     self.path_states.remove(&p.id);
+                    self.impostors.remove(&p.id);
+                    if self.advertised_by.remove(&p.id).is_some() {
+                        self.refresh_advertised();
+                    }
                 }
                 presence::Event::Renamed { instance, .. } => self.messages.set_instance(instance),
                 presence::Event::Announced { .. } => {}
@@ -230,6 +323,7 @@ impl Node {
             });
         }
         self.drain_messages();
+        self.drain_activities();
         while let Some(t) = self.paths.poll_transmit() {
             self.transmits.push_back(match t {
                 PathsTransmit::Probe { addr, bytes } => Transmit {
@@ -341,15 +435,20 @@ impl Node {
                     reason,
                     via,
                     relayed_by,
-                } => Event::Invitation {
-                    from_nick: self.nick_of(&from),
-                    from,
-                    id,
-                    activity,
-                    reason,
-                    via,
-                    relayed_by,
-                },
+                } => {
+                    if let Some(info) = unseal(&self.me, &activity) {
+                        self.invited.insert(id.clone(), info);
+                    }
+                    Event::Invitation {
+                        from_nick: self.nick_of(&from),
+                        from,
+                        id,
+                        activity,
+                        reason,
+                        via,
+                        relayed_by,
+                    }
+                }
                 messages::Event::Dropped {
                     from,
                     reason,
@@ -367,6 +466,78 @@ impl Node {
                     reason: reason.as_str().to_string(),
                     detail,
                 },
+            };
+            self.events.push_back(e);
+        }
+    }
+
+    fn drain_activities(&mut self) {
+        while let Some((id, bytes)) = self.activities.poll_transmit() {
+            self.transmits.push_back(Transmit {
+                channel: Channel::Activity(id),
+                iface: None,
+                destination: Destination::Multicast,
+                payload: bytes,
+            });
+        }
+        while let Some((local, w)) = self.activities.poll_write() {
+            let record = match w {
+                activity::Write::Activity { info, joined } => Record::Activity { info, joined },
+                activity::Write::Post(p) => Record::Post(p),
+            };
+            self.write(Owner::Activities(local), record);
+        }
+        while let Some((local, load)) = self.activities.poll_load() {
+            let token = self.next_token;
+            self.next_token += 1;
+            self.loads.insert(token, load.clone());
+            self.load_queue.push_back((token, load));
+            let _ = local;
+        }
+        while let Some(e) = self.activities.poll_event() {
+            let e = match e {
+                activity::Event::Posted { request, post } => Event::Posted { request, post },
+                activity::Event::PostFailed {
+                    activity,
+                    request,
+                    why,
+                } => Event::PostFailed {
+                    activity,
+                    request,
+                    why,
+                },
+                activity::Event::Received(post) => Event::Entry(post),
+                activity::Event::Member {
+                    activity,
+                    key,
+                    nick,
+                    change,
+                } => Event::Member {
+                    activity,
+                    peer: URL_SAFE_NO_PAD.encode(key),
+                    nick,
+                    change,
+                },
+                activity::Event::Dropped {
+                    activity,
+                    reason,
+                    detail,
+                } => {
+                    let count = self
+                        .activities
+                        .stats()
+                        .dropped
+                        .get(&reason)
+                        .copied()
+                        .unwrap_or(0);
+                    Event::Dropped {
+                        source: "activity",
+                        from: activity.to_hex(),
+                        reason: reason.as_str().to_string(),
+                        detail,
+                        count,
+                    }
+                }
             };
             self.events.push_back(e);
         }

@@ -16,6 +16,7 @@
 //! any valid frame it signed) is path evidence for that peer, attributed by content; a local
 //! send error is evidence for the peer it was for; path states that change become events.
 
+mod commands;
 mod glue;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::activity::{self, Activities, ActivityInfo, ChannelChange, Load, MemberChange, Post};
 use crate::drops::DropReason;
 use crate::identity::Identity;
 use crate::messages::stanza::Activity;
@@ -31,6 +36,7 @@ use crate::messages::{self, Messages};
 use crate::paths::{Diagnosis, PathState, Paths, Via};
 use crate::presence::{self, Presence};
 
+pub use crate::activity::ActivityId;
 pub use crate::messages::ConnId;
 pub use crate::presence::{Destination, IfaceId, Peer};
 
@@ -48,6 +54,8 @@ pub enum Channel {
     Courier,
     /// Unicast path probes, on the port we announce in TXT `probe`.
     Probe,
+    /// An activity's own multicast group and port (see [`Node::poll_channel`]).
+    Activity(ActivityId),
 }
 
 impl Channel {
@@ -56,6 +64,7 @@ impl Channel {
             Channel::Mdns => "mdns",
             Channel::Courier => "courier",
             Channel::Probe => "probe",
+            Channel::Activity(_) => "activity",
         }
     }
 }
@@ -136,6 +145,12 @@ pub struct Config {
 pub struct Restored {
     /// (sender, stanza id) of everything received and stored.
     pub seen: Vec<(String, String)>,
+    /// Activities created or joined, and the last post of each sender in each.
+    pub activities: activity::Restored,
+    /// Trust on first use: the key first seen for each nick (DESIGN.md §4.4).
+    pub pins: Vec<(String, [u8; 32])>,
+    /// Invitations received that carry an activity: (invitation id, the activity as invited).
+    pub invited: Vec<(String, Activity)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,12 +161,44 @@ pub enum Command {
         text: String,
         timeout: Duration,
     },
-    /// An invitation to the activity named `activity`.
+    /// An invitation to `activity`: one we know (its id or name), which the invitation then
+    /// carries with its key sealed to the invitee, or just a name.
     Invite {
         peer: String,
         activity: String,
         timeout: Duration,
     },
+    /// A new activity, with us its first member.
+    Share {
+        name: String,
+        kind: String,
+        private: bool,
+    },
+    /// Join an activity: its id, its name, or the id of an invitation to it.
+    Join {
+        activity: String,
+    },
+    Leave {
+        activity: String,
+    },
+    /// A post (text, or bytes when `bytes`), stamped with the poster's wall clock.
+    Post {
+        activity: String,
+        body: Vec<u8>,
+        bytes: bool,
+        at_ms: u64,
+    },
+}
+
+/// What a command started or did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A delivery: its answer is the `Delivered` or `Failed` event with this id.
+    Delivery(String),
+    /// An activity created, joined or left.
+    Activity { info: ActivityInfo, joined: bool },
+    /// A post on its way to the store: its answer is `Posted` or `PostFailed` with this request.
+    Posting { activity: ActivityId, request: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +210,10 @@ pub enum CommandError {
     Ambiguous(String, Vec<String>),
     /// The peer is known but cannot be sent this (a legacy peer cannot verify an invitation).
     Refused(String),
+    /// No activity (or invitation to one) matches.
+    NoSuchActivity(String),
+    /// A bad argument (a post over 1 MiB, an empty name).
+    Usage(String),
 }
 
 impl std::fmt::Display for CommandError {
@@ -175,6 +226,10 @@ impl std::fmt::Display for CommandError {
             CommandError::NoSuchPeer(q) => write!(f, "no peer matches {q:?} (see nbhd peers)"),
             CommandError::Ambiguous(q, c) => write!(f, "{q:?} is ambiguous: {}", c.join(", ")),
             CommandError::Refused(why) => write!(f, "{why}"),
+            CommandError::NoSuchActivity(q) => {
+                write!(f, "no activity or invitation matches {q:?} (see nbhd activities, nbhd invitations)")
+            }
+            CommandError::Usage(why) => write!(f, "{why}"),
         }
     }
 }
@@ -212,6 +267,12 @@ pub enum Record {
         via: Via,
         relayed_by: Option<String>,
     },
+    /// An activity created or joined (or left).
+    Activity { info: ActivityInfo, joined: bool },
+    /// A post, ours or a member's, in per-sender order.
+    Post(Post),
+    /// The key first seen for a nick (trust on first use).
+    Pin { nick: String, key: [u8; 32] },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -264,6 +325,25 @@ pub enum Event {
         nick: String,
         diagnosis: Diagnosis,
     },
+    /// Our post is stored, numbered, and sent (the answer to [`Outcome::Posting`]).
+    Posted {
+        request: u64,
+        post: Post,
+    },
+    PostFailed {
+        activity: ActivityId,
+        request: u64,
+        why: String,
+    },
+    /// A member's post, stored, in per-sender order (ours are `Posted`).
+    Entry(Post),
+    /// A member joined, left or fell silent.
+    Member {
+        activity: ActivityId,
+        peer: String,
+        nick: String,
+        change: MemberChange,
+    },
     /// Something from the network we would not take; `count` of this reason so far (so a
     /// driver can log the first few and then one in many).
     Dropped {
@@ -296,11 +376,13 @@ pub struct Stats {
     pub datagrams_in: BTreeMap<Channel, u64>,
     /// What the Node itself dropped, per channel and reason.
     pub dropped: BTreeMap<(Channel, DropReason), u64>,
+    pub activity: activity::Stats,
 }
 
 /// Where a store write came from, to route its confirmation.
 enum Owner {
     Messages(u64),
+    Activities(u64),
     /// Written for the record only (what we sent): nothing waits on it.
     Node,
 }
@@ -323,6 +405,22 @@ pub struct Node {
     stats: Stats,
     /// Messages we sent that wait for delivery (whose path is stored when it comes).
     sent: HashSet<String>,
+    activities: Activities,
+    /// Our TXT without what we advertise of activities.
+    base_txt: Vec<(String, String)>,
+    /// What each peer advertises (public activities, from its TXT `act*`).
+    advertised_by: BTreeMap<String, Vec<ActivityInfo>>,
+    /// Activities invited to, by invitation id, their keys unsealed.
+    invited: BTreeMap<String, ActivityInfo>,
+    /// Trust on first use: nick → the key first seen with it.
+    pins: HashMap<String, [u8; 32]>,
+    /// Peers announcing a pinned nick with another key (by peer id).
+    impostors: HashSet<String>,
+    /// Store reads in flight for the activities engine.
+    loads: HashMap<u64, Load>,
+    load_queue: VecDeque<(u64, Load)>,
+    /// For what must be unpredictable to others (a sealing key's ephemeral half).
+    rng: SmallRng,
 }
 
 impl Node {
@@ -346,6 +444,7 @@ impl Node {
             &me.peer_id(),
         );
         txt.push(("probe".into(), config.probe_port.to_string()));
+        let base_txt = txt.clone();
         let presence = Presence::new(
             presence::Config {
                 instance,
@@ -363,7 +462,20 @@ impl Node {
         for (sender, id) in &restored.seen {
             messages.mark_seen(sender, id);
         }
-        Node {
+        let activities = Activities::new(
+            me.clone(),
+            &nick,
+            config.seed ^ 0x6163,
+            restored.activities,
+            now,
+        );
+        let invited = restored
+            .invited
+            .iter()
+            .filter_map(|(inv, a)| glue::unseal(&me, a).map(|info| (inv.clone(), info)))
+            .collect();
+        let config_seed = config.seed;
+        let mut node = Node {
             paths: Paths::new(me.clone(), config.seed ^ 0x7061),
             me,
             config,
@@ -379,7 +491,19 @@ impl Node {
             events: VecDeque::new(),
             stats: Stats::default(),
             sent: HashSet::new(),
-        }
+            activities,
+            base_txt,
+            advertised_by: BTreeMap::new(),
+            invited,
+            pins: restored.pins.into_iter().collect(),
+            impostors: HashSet::new(),
+            loads: HashMap::new(),
+            load_queue: VecDeque::new(),
+            rng: SmallRng::seed_from_u64(config_seed ^ 0x7365),
+        };
+        node.advertise(now);
+        node.after(now);
+        node
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -394,6 +518,17 @@ impl Node {
         self.writes.pop_front()
     }
 
+    /// An activity's channel to open (join its group) or close.
+    pub fn poll_channel(&mut self) -> Option<ChannelChange> {
+        self.activities.poll_channel()
+    }
+
+    /// Posts to read back from the store (to repair them for a member), answered with
+    /// [`Node::handle_loaded`].
+    pub fn poll_load(&mut self) -> Option<(u64, Load)> {
+        self.load_queue.pop_front()
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -403,6 +538,7 @@ impl Node {
             self.presence.poll_timeout(),
             self.paths.poll_timeout(),
             self.messages.poll_timeout(),
+            self.activities.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -443,8 +579,63 @@ impl Node {
         Stats {
             mdns: self.presence.stats().clone(),
             messages: self.messages.stats().clone(),
+            activity: self.activities.stats().clone(),
             ..self.stats.clone()
         }
+    }
+
+    /// Every activity we know: created, joined, advertised by a peer, or invited to.
+    pub fn activities(&self, now: Instant) -> Vec<activity::Summary> {
+        let mut all = self.activities.summaries(now);
+        for info in self.invited.values() {
+            if !all.iter().any(|s| s.info.id == info.id) {
+                all.push(activity::Summary {
+                    info: info.clone(),
+                    joined: false,
+                    members: 0,
+                });
+            }
+        }
+        all
+    }
+
+    /// An activity's id from what a person typed: its id, its name, or an invitation's id.
+    pub fn resolve_activity(&self, q: &str) -> Result<ActivityInfo, CommandError> {
+        let q = q.trim();
+        if q.is_empty() {
+            return Err(CommandError::Usage("ACTIVITY must not be empty".into()));
+        }
+        if let Some(info) = self.invited.get(q) {
+            return Ok(info.clone());
+        }
+        let mut all: Vec<&ActivityInfo> = self.activities.infos();
+        for info in self.invited.values() {
+            if !all.iter().any(|a| a.id == info.id) {
+                all.push(info);
+            }
+        }
+        let lower = q.to_ascii_lowercase();
+        let by_id: Vec<&&ActivityInfo> = all.iter().filter(|a| a.id.to_hex() == lower).collect();
+        let pick: Vec<&&ActivityInfo> = if by_id.is_empty() {
+            all.iter().filter(|a| a.name == q).collect()
+        } else {
+            by_id
+        };
+        match pick.as_slice() {
+            [one] => Ok((**one).clone()),
+            [] => Err(CommandError::NoSuchActivity(q.to_string())),
+            many => Err(CommandError::Ambiguous(
+                q.to_string(),
+                many.iter()
+                    .map(|a| format!("{} ({})", a.name, a.id))
+                    .collect(),
+            )),
+        }
+    }
+
+    /// A peer announcing a nick first seen with another key (trust on first use).
+    pub fn is_impostor(&self, id: &str) -> bool {
+        self.impostors.contains(id)
     }
 
     /// True while a stream is open or ending (the driver waits for them at shutdown).
@@ -533,6 +724,7 @@ impl Node {
             Channel::Mdns => self.on_mdns(now, iface, src, bytes),
             Channel::Courier => self.on_courier(now, src, bytes),
             Channel::Probe => self.on_probe(now, src, bytes),
+            Channel::Activity(_) => self.activities.handle_datagram(now, bytes),
         }
         self.after(now);
     }
@@ -554,59 +746,20 @@ impl Node {
         self.after(now);
     }
 
-    /// Starts a delivery; its id (the `nbhd send` reply waits for its Delivered or Failed).
-    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<String, CommandError> {
-        let r = match cmd {
-            Command::Send {
-                peer,
-                text,
-                timeout,
-            } => {
-                let id = self
-                    .messages
-                    .send(now, &peer, &text, timeout, &mut self.paths)
-                    .ok_or_else(|| CommandError::NoSuchPeer(peer.clone()))?;
-                let to_nick = self.nick_of(&peer);
-                self.write(
-                    Owner::Node,
-                    Record::Message {
-                        id: id.clone(),
-                        from: self.me.peer_id(),
-                        to: peer,
-                        from_nick: self.config.nick.clone(),
-                        to_nick,
-                        text,
-                        via: None,
-                    },
-                );
-                self.sent.insert(id.clone());
-                Ok(id)
-            }
-            Command::Invite {
-                peer,
-                activity,
-                timeout,
-            } => {
-                if self.messages.peer(&peer).is_some_and(|p| p.legacy) {
-                    return Err(CommandError::Refused(format!(
-                        "{} is a plain XEP-0174 client: it cannot check a signed invitation",
-                        self.nick_of(&peer)
-                    )));
-                }
-                // Until shared activities exist, the name is all an invitation carries.
-                let activity = Activity {
-                    id: activity.clone(),
-                    name: activity,
-                    kind: "activity".into(),
-                    ..Activity::default()
-                };
-                self.messages
-                    .invite(now, &peer, activity, "", timeout, &mut self.paths)
-                    .ok_or(CommandError::NoSuchPeer(peer))
-            }
-        };
+    /// Carries out a command: a delivery started, an activity shared, joined or left, a post on
+    /// its way to the store ([`Outcome`] says which, and what answer to wait for).
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<Outcome, CommandError> {
+        let r = self.command(now, cmd);
         self.after(now);
         r
+    }
+
+    /// Posts the store gave back for the [`Load`] `token` asked for.
+    pub fn handle_loaded(&mut self, now: Instant, token: u64, posts: Vec<Post>) {
+        if let Some(load) = self.loads.remove(&token) {
+            self.activities.handle_loaded(now, &load, posts);
+        }
+        self.after(now);
     }
 
     /// A datagram we tried to send to `dst` on `channel` failed locally.
@@ -630,19 +783,26 @@ impl Node {
         self.presence.handle_timeout(now);
         self.paths.handle_timeout(now);
         self.messages.handle_timeout(now, &mut self.paths);
+        self.activities.handle_timeout(now);
         self.after(now);
     }
 
     pub fn handle_persisted(&mut self, now: Instant, token: u64) {
-        if let Some(Owner::Messages(local)) = self.owners.remove(&token) {
-            self.messages.handle_persisted(now, local);
+        match self.owners.remove(&token) {
+            Some(Owner::Messages(local)) => self.messages.handle_persisted(now, local),
+            Some(Owner::Activities(local)) => self.activities.handle_persisted(now, local),
+            Some(Owner::Node) | None => {}
         }
         self.after(now);
     }
 
     pub fn handle_persist_failed(&mut self, now: Instant, token: u64, why: &str) {
-        if let Some(Owner::Messages(local)) = self.owners.remove(&token) {
-            self.messages.handle_persist_failed(now, local, why);
+        match self.owners.remove(&token) {
+            Some(Owner::Messages(local)) => self.messages.handle_persist_failed(now, local, why),
+            Some(Owner::Activities(local)) => {
+                self.activities.handle_persist_failed(now, local, why)
+            }
+            Some(Owner::Node) | None => {}
         }
         self.after(now);
     }

@@ -351,6 +351,22 @@ impl Presence {
         }
     }
 
+    /// Our TXT record changed (XEP-0174 §4: status, message, what we advertise): the new one is
+    /// announced on every interface where our names are ours (RFC 6762 §8.4), with the
+    /// cache-flush bit, so observers replace the old one.
+    pub fn set_txt(&mut self, now: Instant, txt: Vec<(String, String)>) {
+        self.now = self.now.max(now);
+        if self.closed || txt == self.config.txt {
+            return;
+        }
+        self.config.txt = txt;
+        for link in self.links.values_mut() {
+            if link.state == LinkState::Ready {
+                link.state = LinkState::Announcing { sent: 0, at: now };
+            }
+        }
+    }
+
     /// Forgets an interface and everything heard on it.
     pub fn remove_interface(&mut self, iface: IfaceId) {
         self.links.remove(&iface);

@@ -1,0 +1,908 @@
+//! One activity's state machine: what we send, what we hold from each sender, what we miss and
+//! ask for, what we repair for others, who the members are.
+//!
+//! Reliability is receiver-driven, NORM-like and without Clique's limits:
+//! - every sender numbers its packets (a post of up to 1 MiB is cut into consecutive packets);
+//! - a receiver that sees a gap (a later packet, or a session message naming a higher number)
+//!   multicasts a NACK after a short random delay ([`NACK_DELAY_MS`], a few LAN round trips, not
+//!   Clique's 150-250 ms), unless another member's NACK for the same packets came first; it asks
+//!   again after a backoff while they stay missing;
+//! - any member holding a packet repairs it, after a short random delay ([`REPAIR_DELAY_MS`]; its
+//!   sender at once), unless another's repair came first; old packets come back from the store;
+//! - session messages carry each sender's high-water mark, so tail loss is caught: a few right
+//!   after something changed, then one a minute, skipped while another member's session already
+//!   says as much, but never silent for longer than [`KEEPALIVE`];
+//! - posts are stored in per-sender order, one at a time per sender, before they count; our own
+//!   are stored before they are sent.
+//!
+//! Every table is bounded (out-of-order packets per sender, cached packets, members, senders),
+//! and what is refused past a bound is counted.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::wire::{self, Body, Data};
+use super::{
+    ActivityInfo, Event, Load, MemberChange, Out, Post, PostError, Write, MAX_QUEUED_POSTS,
+};
+use crate::drops::DropReason;
+
+/// A NACK waits this long (uniformly random) after a gap is seen, so that one member's NACK can
+/// stand for everyone's.
+pub const NACK_DELAY_MS: (u64, u64) = (2, 10);
+/// Then, while packets stay missing, it is repeated after this, doubling ...
+pub const NACK_RTO_FIRST: Duration = Duration::from_millis(30);
+/// ... up to this.
+pub const NACK_RTO_MAX: Duration = Duration::from_millis(500);
+/// A member holding a packet someone misses repairs it after this (its sender at once).
+pub const REPAIR_DELAY_MS: (u64, u64) = (1, 8);
+/// After something changed, session messages go this long after it, and again ...
+pub const SESSION_QUICK: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(250),
+    Duration::from_secs(2),
+];
+/// ... then one about a minute (± 10 %), skipped while others say as much ...
+pub const SESSION_IDLE: Duration = Duration::from_secs(60);
+/// ... but a member is never silent longer than this (so silence means failure).
+pub const KEEPALIVE: Duration = Duration::from_secs(300);
+/// A member not heard for this is taken as gone.
+pub const MEMBER_SILENCE: Duration = Duration::from_secs(900);
+/// A member that hears a join answers with a session message after this.
+pub const JOIN_ANSWER_MS: (u64, u64) = (2, 20);
+/// Packets held per sender that cannot be stored yet (a gap before them).
+pub const MAX_BUFFER: usize = 4096;
+/// Packets kept in memory to repair; older ones come back from the store.
+pub const MAX_CACHE: usize = 8192;
+/// Packets repaired in answer to one NACK (the asker asks again for the rest).
+pub const MAX_REPAIRS_PER_NACK: usize = 256;
+/// Senders and members tracked per activity.
+pub const MAX_SENDERS: usize = 4096;
+
+#[derive(Clone, Debug, Default)]
+struct Sender {
+    /// Highest packet (and post) stored, in order.
+    stored: u64,
+    stored_post: u64,
+    /// A post of this sender handed to the store, not yet confirmed.
+    storing: Option<u64>,
+    /// Highest packet known to exist.
+    known: u64,
+    /// Received, not yet stored (a gap before them, or a post not complete).
+    buffer: BTreeMap<u64, Data>,
+    nack_at: Option<Instant>,
+    nack_rto: Duration,
+}
+
+impl Sender {
+    /// The next packet we need in order.
+    fn next(&self) -> u64 {
+        self.stored + 1
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    nick: String,
+    last_heard: Instant,
+}
+
+/// A store write in flight.
+enum Pending {
+    Own { request: u64, post: Post },
+    Received(Post),
+    Activity,
+}
+
+/// A post of ours waiting for its turn to be stored.
+struct OwnPost {
+    request: u64,
+    body: Vec<u8>,
+    bytes: bool,
+    at_ms: u64,
+}
+
+pub(crate) struct Group {
+    pub info: ActivityInfo,
+    pub joined: bool,
+    me: [u8; 32],
+    /// Our next post and packet numbers, and our Lamport clock.
+    next_post: u64,
+    next_pkt: u64,
+    lamport: u64,
+    queue: VecDeque<OwnPost>,
+    own_storing: bool,
+    senders: BTreeMap<[u8; 32], Sender>,
+    members: BTreeMap<[u8; 32], Member>,
+    pending: BTreeMap<u64, Pending>,
+    repairs: BTreeMap<([u8; 32], u64), Instant>,
+    /// Repairs waiting for the store to give the packets back.
+    loading: BTreeSet<([u8; 32], u64)>,
+    cache: BTreeMap<([u8; 32], u64), Data>,
+    cache_order: VecDeque<([u8; 32], u64)>,
+    session_at: Option<Instant>,
+    quick_left: usize,
+    last_sent: Instant,
+    next_request: u64,
+}
+
+impl Group {
+    pub fn new(info: ActivityInfo, me: [u8; 32], now: Instant) -> Group {
+        Group {
+            info,
+            joined: false,
+            me,
+            next_post: 1,
+            next_pkt: 1,
+            lamport: 0,
+            queue: VecDeque::new(),
+            own_storing: false,
+            senders: BTreeMap::new(),
+            members: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            repairs: BTreeMap::new(),
+            loading: BTreeSet::new(),
+            cache: BTreeMap::new(),
+            cache_order: VecDeque::new(),
+            session_at: None,
+            quick_left: 0,
+            last_sent: now,
+            next_request: 1,
+        }
+    }
+
+    /// What the store holds of `sender`: its last post, that post's last packet, its Lamport.
+    pub fn restore_head(&mut self, sender: [u8; 32], seq: u64, last_pkt: u64, lamport: u64) {
+        self.lamport = self.lamport.max(lamport);
+        if sender == self.me {
+            self.next_post = self.next_post.max(seq + 1);
+            self.next_pkt = self.next_pkt.max(last_pkt + 1);
+        } else {
+            let s = self.senders.entry(sender).or_default();
+            s.stored = s.stored.max(last_pkt);
+            s.stored_post = s.stored_post.max(seq);
+            s.known = s.known.max(last_pkt);
+            s.nack_rto = NACK_RTO_FIRST;
+        }
+    }
+
+    /// Members heard from lately, ourselves included.
+    pub fn members(&self, now: Instant) -> usize {
+        let others = self
+            .members
+            .values()
+            .filter(|m| now.saturating_duration_since(m.last_heard) < MEMBER_SILENCE)
+            .count();
+        others + usize::from(self.joined)
+    }
+
+    fn send(&mut self, out: &mut Out, body: Body) {
+        let nonce: [u8; 24] = out.rng.gen();
+        let repr = wire::Repr {
+            activity: self.info.id,
+            sender: self.me,
+            body,
+        };
+        match repr.emit(&self.info.key, &nonce) {
+            Ok(bytes) => {
+                out.stats.frames_out += 1;
+                out.transmits.push_back((self.info.id, bytes));
+            }
+            Err(e) => out.events.push_back(Event::Dropped {
+                activity: self.info.id,
+                reason: DropReason::BadFrame,
+                detail: format!("cannot send our own frame: {e}"),
+            }),
+        }
+    }
+
+    fn write(&mut self, out: &mut Out, write: Write, pending: Pending) {
+        let token = *out.next_token;
+        *out.next_token += 1;
+        out.writes.push_back((token, write));
+        out.waiting.insert(token, self.info.id);
+        self.pending.insert(token, pending);
+    }
+
+    fn drop_input(&self, out: &mut Out, reason: DropReason, detail: String) {
+        *out.stats.dropped.entry(reason).or_default() += 1;
+        out.events.push_back(Event::Dropped {
+            activity: self.info.id,
+            reason,
+            detail,
+        });
+    }
+
+    pub fn join(&mut self, now: Instant, out: &mut Out, announce: bool) {
+        self.joined = true;
+        if announce {
+            let info = self.info.clone();
+            self.write(
+                out,
+                Write::Activity { info, joined: true },
+                Pending::Activity,
+            );
+        }
+        let nick = out.nick.to_string();
+        self.send(out, Body::Join { nick });
+        self.last_sent = now;
+        self.changed(now);
+    }
+
+    pub fn leave(&mut self, now: Instant, out: &mut Out) -> bool {
+        if !self.joined {
+            return false;
+        }
+        self.send(out, Body::Leave);
+        self.joined = false;
+        self.session_at = None;
+        self.repairs.clear();
+        for s in self.senders.values_mut() {
+            s.nack_at = None;
+        }
+        let info = self.info.clone();
+        self.write(
+            out,
+            Write::Activity {
+                info,
+                joined: false,
+            },
+            Pending::Activity,
+        );
+        let _ = now;
+        true
+    }
+
+    /// Something changed (a post stored, ours or theirs): session messages soon, a few times.
+    fn changed(&mut self, now: Instant) {
+        self.quick_left = SESSION_QUICK.len();
+        let at = now + SESSION_QUICK[0];
+        self.session_at = Some(self.session_at.map_or(at, |t| t.min(at)));
+    }
+
+    pub fn post(
+        &mut self,
+        now: Instant,
+        out: &mut Out,
+        body: Vec<u8>,
+        bytes: bool,
+        at_ms: u64,
+    ) -> Result<u64, PostError> {
+        if !self.joined {
+            return Err(PostError::NotJoined);
+        }
+        if self.queue.len() >= MAX_QUEUED_POSTS {
+            return Err(PostError::Busy);
+        }
+        let request = self.next_request;
+        self.next_request += 1;
+        self.queue.push_back(OwnPost {
+            request,
+            body,
+            bytes,
+            at_ms,
+        });
+        self.store_next_own(now, out);
+        Ok(request)
+    }
+
+    /// Our posts are stored one at a time, each numbered as it goes to the store: a failed write
+    /// leaves no hole in our sequence, and nothing is sent before it is stored.
+    fn store_next_own(&mut self, _now: Instant, out: &mut Out) {
+        if self.own_storing {
+            return;
+        }
+        let Some(p) = self.queue.pop_front() else {
+            return;
+        };
+        let frags = p.body.len().div_ceil(wire::MAX_CHUNK).max(1) as u16;
+        let post = Post {
+            activity: self.info.id,
+            sender: self.me,
+            nick: out.nick.to_string(),
+            seq: self.next_post,
+            first_pkt: self.next_pkt,
+            frags,
+            lamport: self.lamport + 1,
+            at_ms: p.at_ms,
+            bytes: p.bytes,
+            body: p.body,
+        };
+        self.own_storing = true;
+        self.write(
+            out,
+            Write::Post(post.clone()),
+            Pending::Own {
+                request: p.request,
+                post,
+            },
+        );
+    }
+
+    pub fn persisted(&mut self, now: Instant, out: &mut Out, token: u64, ok: bool, why: &str) {
+        match self.pending.remove(&token) {
+            Some(Pending::Own { request, post }) => {
+                self.own_storing = false;
+                if ok {
+                    self.next_post = post.seq + 1;
+                    self.next_pkt = post.first_pkt + u64::from(post.frags);
+                    self.lamport = self.lamport.max(post.lamport);
+                    for d in fragments(&post, false) {
+                        self.remember(d.clone(), self.me);
+                        out.stats.data_out += 1;
+                        self.send(out, Body::Data(d));
+                    }
+                    self.last_sent = now;
+                    out.events.push_back(Event::Posted { request, post });
+                    self.changed(now);
+                } else {
+                    out.events.push_back(Event::PostFailed {
+                        activity: self.info.id,
+                        request,
+                        why: why.to_string(),
+                    });
+                }
+                self.store_next_own(now, out);
+            }
+            Some(Pending::Received(post)) => {
+                let sender = post.sender;
+                if let Some(s) = self.senders.get_mut(&sender) {
+                    s.storing = None;
+                    if ok {
+                        s.stored = post.first_pkt + u64::from(post.frags) - 1;
+                        s.stored_post = post.seq;
+                    } else {
+                        // Not stored: not counted. Its packets are asked for again.
+                        s.nack_at.get_or_insert(now);
+                    }
+                }
+                if ok {
+                    self.lamport = self.lamport.max(post.lamport);
+                    out.events.push_back(Event::Received(post));
+                    self.changed(now);
+                } else {
+                    self.drop_input(
+                        out,
+                        DropReason::StoreFailed,
+                        format!("post {} of a member not stored ({why})", post.seq),
+                    );
+                }
+                self.advance(now, out, sender);
+            }
+            Some(Pending::Activity) | None => {}
+        }
+    }
+
+    pub fn handle_frame(&mut self, now: Instant, out: &mut Out, bytes: &[u8]) {
+        let r =
+            match wire::Repr::parse(bytes, &self.info.key) {
+                Ok(r) => r,
+                Err(wire::Error::BadTag) => return self.drop_input(
+                    out,
+                    DropReason::BadSignature,
+                    "a frame that does not open with the activity key (forged, or a stranger's)"
+                        .into(),
+                ),
+                Err(e) => return self.drop_input(out, DropReason::BadFrame, e.to_string()),
+            };
+        if r.sender == self.me {
+            return; // our own, back through multicast loopback
+        }
+        let nick = match &r.body {
+            Body::Data(d) => Some(d.nick.clone()),
+            Body::Join { nick } => Some(nick.clone()),
+            _ => None,
+        };
+        if !self.touch(now, out, r.sender, nick, matches!(r.body, Body::Leave)) {
+            return;
+        }
+        match r.body {
+            Body::Data(d) => self.on_data(now, out, r.sender, d),
+            Body::Nack(entries) => self.on_nack(now, out, entries),
+            Body::Session(entries) => self.on_session(now, out, entries),
+            Body::Join { .. } => {
+                // Tell the newcomer what there is, soon (it asks for what it lacks).
+                let at = now
+                    + Duration::from_millis(out.rng.gen_range(JOIN_ANSWER_MS.0..=JOIN_ANSWER_MS.1));
+                self.session_at = Some(self.session_at.map_or(at, |t| t.min(at)));
+            }
+            Body::Leave => {}
+        }
+    }
+
+    /// Notes that `key` spoke; false if the member table is full and it is a newcomer.
+    fn touch(
+        &mut self,
+        now: Instant,
+        out: &mut Out,
+        key: [u8; 32],
+        nick: Option<String>,
+        leaving: bool,
+    ) -> bool {
+        if leaving {
+            if let Some(m) = self.members.remove(&key) {
+                out.events.push_back(Event::Member {
+                    activity: self.info.id,
+                    key,
+                    nick: m.nick,
+                    change: MemberChange::Left,
+                });
+            }
+            return true;
+        }
+        if let Some(m) = self.members.get_mut(&key) {
+            m.last_heard = now;
+            if let Some(n) = nick.filter(|n| !n.is_empty()) {
+                m.nick = n;
+            }
+            return true;
+        }
+        if self.members.len() >= MAX_SENDERS {
+            self.drop_input(
+                out,
+                DropReason::TableFull,
+                format!("more than {MAX_SENDERS} members"),
+            );
+            return false;
+        }
+        let nick = nick.unwrap_or_default();
+        self.members.insert(
+            key,
+            Member {
+                nick: nick.clone(),
+                last_heard: now,
+            },
+        );
+        out.events.push_back(Event::Member {
+            activity: self.info.id,
+            key,
+            nick,
+            change: MemberChange::Joined,
+        });
+        true
+    }
+
+    /// Keeps a packet to repair it for others later.
+    fn remember(&mut self, d: Data, sender: [u8; 32]) {
+        let key = (sender, d.pkt);
+        if self.cache.insert(key, d).is_none() {
+            self.cache_order.push_back(key);
+            while self.cache_order.len() > MAX_CACHE {
+                if let Some(old) = self.cache_order.pop_front() {
+                    self.cache.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, out: &mut Out, sender: [u8; 32], d: Data) {
+        // Someone sent it: our own repair of it is not needed.
+        self.repairs.remove(&(sender, d.pkt));
+        self.loading.remove(&(sender, d.pkt));
+        if !self.senders.contains_key(&sender) && self.senders.len() >= MAX_SENDERS {
+            return self.drop_input(
+                out,
+                DropReason::TableFull,
+                format!("more than {MAX_SENDERS} senders"),
+            );
+        }
+        let s = self.senders.entry(sender).or_insert_with(|| Sender {
+            nack_rto: NACK_RTO_FIRST,
+            ..Sender::default()
+        });
+        if d.pkt <= s.stored || s.buffer.contains_key(&d.pkt) {
+            // A copy (a repair for someone else, or a replay): already held.
+            out.stats.duplicates += 1;
+            return;
+        }
+        if s.buffer.len() >= MAX_BUFFER {
+            return self.drop_input(
+                out,
+                DropReason::TableFull,
+                format!("more than {MAX_BUFFER} packets held out of order"),
+            );
+        }
+        s.known = s.known.max(d.pkt);
+        // Progress: NACKs for this sender start from a short wait again.
+        s.nack_rto = NACK_RTO_FIRST;
+        s.buffer.insert(d.pkt, d.clone());
+        self.remember(d, sender);
+        self.advance(now, out, sender);
+        self.schedule_nack(now, out, sender);
+    }
+
+    /// Stores the next complete post of `sender`, if its packets are all here (one at a time).
+    fn advance(&mut self, now: Instant, out: &mut Out, sender: [u8; 32]) {
+        let Some(s) = self.senders.get_mut(&sender) else {
+            return;
+        };
+        if s.storing.is_some() {
+            return;
+        }
+        let next = s.next();
+        let Some(first) = s.buffer.get(&next) else {
+            return;
+        };
+        let (post_seq, frags) = (first.post, first.frags);
+        let consistent = first.frag == 0 && post_seq == s.stored_post + 1;
+        if !consistent {
+            s.buffer.remove(&next);
+            let expected = s.stored_post + 1;
+            return self.drop_input(
+                out,
+                DropReason::MalformedStanza,
+                format!("packet {next} is not the start of post {expected}"),
+            );
+        }
+        let last = next + u64::from(frags) - 1;
+        let complete = (next..=last).all(|p| {
+            s.buffer.get(&p).is_some_and(|d| {
+                d.post == post_seq && d.frags == frags && u64::from(d.frag) == p - next
+            })
+        });
+        if !complete {
+            return;
+        }
+        let parts: Vec<Data> = (next..=last).filter_map(|p| s.buffer.remove(&p)).collect();
+        let head = &parts[0];
+        let post = Post {
+            activity: self.info.id,
+            sender,
+            nick: head.nick.clone(),
+            seq: post_seq,
+            first_pkt: next,
+            frags,
+            lamport: head.lamport,
+            at_ms: head.at_ms,
+            bytes: head.bytes,
+            body: parts.iter().flat_map(|d| d.chunk.iter().copied()).collect(),
+        };
+        s.storing = Some(last);
+        self.write(out, Write::Post(post.clone()), Pending::Received(post));
+        let _ = now;
+    }
+
+    /// Packets of `sender` we know exist and do not hold, as inclusive ranges.
+    fn missing(&self, sender: &[u8; 32]) -> Vec<(u64, u64)> {
+        let Some(s) = self.senders.get(sender) else {
+            return Vec::new();
+        };
+        let from = s.storing.unwrap_or(s.stored) + 1;
+        let mut ranges = Vec::new();
+        let mut start: Option<u64> = None;
+        let mut p = from;
+        // Walk the gaps between held packets (not every number: a late joiner may miss
+        // thousands, and the buffer holds few).
+        let mut held = s.buffer.range(from..).map(|(k, _)| *k).peekable();
+        while p <= s.known && ranges.len() < wire::MAX_RANGES {
+            match held.peek() {
+                Some(&h) if h == p => {
+                    if let Some(a) = start.take() {
+                        ranges.push((a, p - 1));
+                    }
+                    held.next();
+                    p += 1;
+                }
+                Some(&h) => {
+                    start.get_or_insert(p);
+                    p = h;
+                }
+                None => {
+                    start.get_or_insert(p);
+                    p = s.known + 1;
+                }
+            }
+        }
+        if let Some(a) = start {
+            if ranges.len() < wire::MAX_RANGES {
+                ranges.push((a, p - 1));
+            }
+        }
+        ranges
+    }
+
+    fn schedule_nack(&mut self, now: Instant, out: &mut Out, sender: [u8; 32]) {
+        if self.missing(&sender).is_empty() {
+            if let Some(s) = self.senders.get_mut(&sender) {
+                s.nack_at = None;
+            }
+            return;
+        }
+        let delay = Duration::from_millis(out.rng.gen_range(NACK_DELAY_MS.0..=NACK_DELAY_MS.1));
+        if let Some(s) = self.senders.get_mut(&sender) {
+            s.nack_at.get_or_insert(now + delay);
+        }
+    }
+
+    fn on_nack(&mut self, now: Instant, out: &mut Out, entries: Vec<wire::NackEntry>) {
+        let mut budget = MAX_REPAIRS_PER_NACK;
+        for (sender, ranges) in entries {
+            // Someone asked for these already: our own NACK for them can wait for the repair.
+            let mine = self.missing(&sender);
+            if let Some(s) = self.senders.get_mut(&sender) {
+                let overlaps = ranges
+                    .iter()
+                    .any(|(a, b)| mine.iter().any(|(c, d)| a <= d && c <= b));
+                if overlaps {
+                    let later = now + s.nack_rto;
+                    if s.nack_at.is_some_and(|t| t < later) {
+                        s.nack_at = Some(later);
+                    }
+                }
+            }
+            // What we hold, we repair.
+            let held = if sender == self.me {
+                self.next_pkt - 1
+            } else {
+                self.senders.get(&sender).map_or(0, |s| s.stored)
+            };
+            for (a, b) in ranges {
+                let mut p = a;
+                while p <= b.min(held) && budget > 0 {
+                    budget -= 1;
+                    let delay = if sender == self.me {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_millis(
+                            out.rng.gen_range(REPAIR_DELAY_MS.0..=REPAIR_DELAY_MS.1),
+                        )
+                    };
+                    self.repairs.entry((sender, p)).or_insert(now + delay);
+                    p += 1;
+                }
+            }
+        }
+    }
+
+    fn on_session(&mut self, now: Instant, out: &mut Out, entries: Vec<([u8; 32], u64)>) {
+        let mut covers_ours = true;
+        for (sender, hwm) in &entries {
+            if *sender == self.me {
+                continue;
+            }
+            if !self.senders.contains_key(sender) && self.senders.len() >= MAX_SENDERS {
+                continue;
+            }
+            let s = self.senders.entry(*sender).or_insert_with(|| Sender {
+                nack_rto: NACK_RTO_FIRST,
+                ..Sender::default()
+            });
+            s.known = s.known.max(*hwm);
+            self.schedule_nack(now, out, *sender);
+        }
+        // Does it say everything ours would? Then our idle session can wait.
+        for (sender, ours) in self.session_entries() {
+            let theirs = entries
+                .iter()
+                .find(|(s, _)| *s == sender)
+                .map_or(0, |(_, h)| *h);
+            if theirs < ours {
+                covers_ours = false;
+            }
+        }
+        if covers_ours && self.quick_left == 0 {
+            let later = (now + SESSION_IDLE).min(self.last_sent + KEEPALIVE);
+            if self.session_at.is_some_and(|t| t < later) {
+                self.session_at = Some(later);
+            }
+        }
+    }
+
+    /// (sender, highest packet held in order) for every sender we hold something of.
+    fn session_entries(&self) -> Vec<([u8; 32], u64)> {
+        let mut v = Vec::new();
+        if self.next_pkt > 1 {
+            v.push((self.me, self.next_pkt - 1));
+        }
+        for (k, s) in &self.senders {
+            if s.stored > 0 {
+                v.push((*k, s.stored));
+            }
+        }
+        v
+    }
+
+    fn send_session(&mut self, now: Instant, out: &mut Out) {
+        let entries = self.session_entries();
+        if entries.is_empty() {
+            out.stats.sessions_out += 1;
+            self.send(out, Body::Session(Vec::new()));
+        }
+        for chunk in entries.chunks(wire::MAX_ENTRIES) {
+            out.stats.sessions_out += 1;
+            self.send(out, Body::Session(chunk.to_vec()));
+        }
+        self.last_sent = now;
+    }
+
+    fn send_nacks(&mut self, now: Instant, out: &mut Out) {
+        let due: Vec<[u8; 32]> = self
+            .senders
+            .iter()
+            .filter(|(_, s)| s.nack_at.is_some_and(|t| t <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut entries = Vec::new();
+        for sender in due {
+            let ranges = self.missing(&sender);
+            let Some(s) = self.senders.get_mut(&sender) else {
+                continue;
+            };
+            if ranges.is_empty() {
+                s.nack_at = None;
+                continue;
+            }
+            s.nack_at = Some(now + s.nack_rto);
+            s.nack_rto = (s.nack_rto * 2).min(NACK_RTO_MAX);
+            entries.push((sender, ranges));
+        }
+        for chunk in entries.chunks(wire::MAX_ENTRIES) {
+            out.stats.nacks_out += 1;
+            self.send(out, Body::Nack(chunk.to_vec()));
+        }
+        if !entries.is_empty() {
+            self.last_sent = now;
+        }
+    }
+
+    fn send_repairs(&mut self, now: Instant, out: &mut Out) {
+        let due: Vec<([u8; 32], u64)> = self
+            .repairs
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut from_store: BTreeMap<[u8; 32], Vec<u64>> = BTreeMap::new();
+        for key in due {
+            self.repairs.remove(&key);
+            match self.cache.get(&key).cloned() {
+                Some(mut d) => {
+                    d.repair = true;
+                    out.stats.repairs_out += 1;
+                    self.send(out, Body::Data(d));
+                }
+                None => {
+                    if self.loading.insert(key) {
+                        from_store.entry(key.0).or_default().push(key.1);
+                    }
+                }
+            }
+        }
+        for (sender, mut pkts) in from_store {
+            pkts.sort_unstable();
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for p in pkts {
+                match runs.last_mut() {
+                    Some((_, b)) if *b + 1 == p => *b = p,
+                    _ => runs.push((p, p)),
+                }
+            }
+            for (first, last) in runs {
+                let token = *out.next_token;
+                *out.next_token += 1;
+                out.loads.push_back((
+                    token,
+                    Load {
+                        activity: self.info.id,
+                        sender,
+                        first,
+                        last,
+                    },
+                ));
+            }
+        }
+        self.last_sent = self.last_sent.max(now);
+    }
+
+    /// Posts the store gave back for a repair: their packets in the range go out (unless
+    /// someone else repaired them meanwhile).
+    pub fn loaded(&mut self, _now: Instant, out: &mut Out, load: &Load, posts: Vec<Post>) {
+        for post in posts {
+            if post.sender != load.sender || post.activity != self.info.id {
+                continue;
+            }
+            for d in fragments(&post, true) {
+                let key = (load.sender, d.pkt);
+                if d.pkt >= load.first && d.pkt <= load.last && self.loading.remove(&key) {
+                    out.stats.repairs_out += 1;
+                    self.remember(d.clone(), load.sender);
+                    self.send(out, Body::Data(d));
+                }
+            }
+        }
+        // What the store did not have is not ours to repair.
+        let left: Vec<_> = self
+            .loading
+            .range((load.sender, load.first)..=(load.sender, load.last))
+            .copied()
+            .collect();
+        for k in left {
+            self.loading.remove(&k);
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Out) {
+        if !self.joined {
+            return;
+        }
+        self.send_repairs(now, out);
+        self.send_nacks(now, out);
+        if self.session_at.is_some_and(|t| t <= now) || self.last_sent + KEEPALIVE <= now {
+            self.send_session(now, out);
+            self.session_at = Some(if self.quick_left > 0 {
+                let i = SESSION_QUICK.len() - self.quick_left;
+                self.quick_left -= 1;
+                now + SESSION_QUICK[(i + 1).min(SESSION_QUICK.len() - 1)]
+            } else {
+                let jitter = out.rng.gen_range(0..=SESSION_IDLE.as_millis() as u64 / 5);
+                now + SESSION_IDLE - SESSION_IDLE / 10 + Duration::from_millis(jitter)
+            });
+        }
+        let silent: Vec<[u8; 32]> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.last_heard + MEMBER_SILENCE <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in silent {
+            if let Some(m) = self.members.remove(&key) {
+                out.events.push_back(Event::Member {
+                    activity: self.info.id,
+                    key,
+                    nick: m.nick,
+                    change: MemberChange::Silent,
+                });
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.joined {
+            return None;
+        }
+        let nacks = self.senders.values().filter_map(|s| s.nack_at).min();
+        let repairs = self.repairs.values().min().copied();
+        let silence = self
+            .members
+            .values()
+            .map(|m| m.last_heard + MEMBER_SILENCE)
+            .min();
+        [
+            self.session_at,
+            Some(self.last_sent + KEEPALIVE),
+            nacks,
+            repairs,
+            silence,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// A post cut into its packets (the same cut every time: repairs from the store match).
+pub fn fragments(post: &Post, repair: bool) -> Vec<Data> {
+    let chunks: Vec<&[u8]> = if post.body.is_empty() {
+        vec![&[][..]]
+    } else {
+        post.body.chunks(wire::MAX_CHUNK).collect()
+    };
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| Data {
+            pkt: post.first_pkt + i as u64,
+            post: post.seq,
+            lamport: post.lamport,
+            at_ms: post.at_ms,
+            frag: i as u16,
+            frags: post.frags,
+            bytes: post.bytes,
+            repair,
+            nick: post.nick.clone(),
+            chunk: chunk.to_vec(),
+        })
+        .collect()
+}

@@ -1,0 +1,526 @@
+//! Shared activities on whole Nodes over the shared virtual network: posts stored and then
+//! sent, received and stored in per-sender order, gaps found and repaired under loss, history
+//! for late joiners over multicast alone, crashes, private activities, trust on first use.
+//! A member's log is what its store holds, in the one total order (`vnet::Store::log`).
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::node::{
+    Command, CommandError, Config, Event as NodeEvent, Node, Outcome, Record, Restored,
+};
+use crate::vnet::{Store, Vnet, IFACE, P2PJ_PORT, PROBE_PORT};
+
+const NICKS: [&str; 12] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    "oscar",
+];
+
+fn config(i: usize) -> Config {
+    Config {
+        secret: [i as u8 + 1; 32],
+        nick: NICKS[i].to_string(),
+        host: "lab".into(),
+        hostname: None,
+        status: "avail".into(),
+        msg: String::new(),
+        p2pj_port: P2PJ_PORT,
+        probe_port: PROBE_PORT,
+        record_ttl: None,
+        seed: 500 + i as u64,
+    }
+}
+
+fn start(config: Config, restored: Restored, ip: std::net::Ipv4Addr, now: Instant) -> Node {
+    let mut n = Node::new(config, restored, now);
+    n.handle_interfaces(now, vec![(IFACE, vec![ip])]);
+    n
+}
+
+fn restart(net: &mut Vnet<Node>, i: usize) {
+    net.restart(i, |ip, now, store: &Store| {
+        start(config(i), store.restored(), ip, now)
+    });
+}
+
+/// `n` nodes that have found each other.
+fn net(n: usize, seed: u64) -> Vnet<Node> {
+    let mut net = Vnet::new(seed);
+    for i in 0..n {
+        net.add(|ip, now| start(config(i), Restored::default(), ip, now));
+    }
+    let found = net.run_until_true(Duration::from_secs(15), |net| {
+        (0..n).all(|i| net.host(i).peers().count() == n - 1)
+    });
+    assert!(found.is_some(), "discovery");
+    net
+}
+
+fn command(net: &mut Vnet<Node>, i: usize, cmd: Command) -> Result<Outcome, CommandError> {
+    net.with(i, |n, now| n.handle_command(now, cmd))
+}
+
+fn share(net: &mut Vnet<Node>, i: usize, name: &str, private: bool) -> ActivityInfo {
+    match command(
+        net,
+        i,
+        Command::Share {
+            name: name.into(),
+            kind: "chat".into(),
+            private,
+        },
+    ) {
+        Ok(Outcome::Activity { info, joined: true }) => info,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn join(net: &mut Vnet<Node>, i: usize, what: &str) -> Result<ActivityInfo, CommandError> {
+    command(
+        net,
+        i,
+        Command::Join {
+            activity: what.into(),
+        },
+    )
+    .map(|o| match o {
+        Outcome::Activity { info, .. } => info,
+        other => panic!("{other:?}"),
+    })
+}
+
+fn post(net: &mut Vnet<Node>, i: usize, a: &ActivityInfo, text: &str) -> u64 {
+    match command(
+        net,
+        i,
+        Command::Post {
+            activity: a.id.to_hex(),
+            body: text.as_bytes().to_vec(),
+            bytes: false,
+            at_ms: 1_800_000_000_000,
+        },
+    ) {
+        Ok(Outcome::Posting { request, .. }) => request,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The texts of a member's log, in its order.
+fn log(net: &Vnet<Node>, i: usize, a: &ActivityInfo) -> Vec<String> {
+    net.stores[i]
+        .log(a.id)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.body).to_string())
+        .collect()
+}
+
+/// (sender, seq) of a member's log, in its order.
+fn keys(net: &Vnet<Node>, i: usize, a: &ActivityInfo) -> Vec<([u8; 32], u64, u64)> {
+    net.stores[i]
+        .log(a.id)
+        .iter()
+        .map(|p| (p.sender, p.seq, p.lamport))
+        .collect()
+}
+
+/// No gap, no duplicate: each sender's seqs are exactly 1..=n.
+fn complete(keys: &[([u8; 32], u64, u64)]) -> bool {
+    let mut by: BTreeMap<[u8; 32], Vec<u64>> = BTreeMap::new();
+    for (s, seq, _) in keys {
+        by.entry(*s).or_default().push(*seq);
+    }
+    by.values().all(|v| {
+        let mut v = v.clone();
+        v.sort();
+        v == (1..=v.len() as u64).collect::<Vec<_>>()
+    })
+}
+
+fn frames_from(net: &Vnet<Node>, i: usize, since: Instant) -> usize {
+    net.sent
+        .iter()
+        .filter(|s| {
+            s.from == i && s.at >= since && matches!(s.channel, crate::node::Channel::Activity(_))
+        })
+        .count()
+}
+
+#[test]
+fn a_shared_activity_is_advertised_joined_by_name_and_carries_posts_both_ways_in_order() {
+    let mut net = net(2, 1);
+    let a = share(&mut net, 0, "chess", false);
+    // Bob learns it from alice's TXT, and joins it by its name.
+    net.run_until_true(Duration::from_secs(5), |net| {
+        net.host(1)
+            .activities(net.now)
+            .iter()
+            .any(|s| s.info.id == a.id)
+    })
+    .expect("advertised");
+    let joined = join(&mut net, 1, "chess").expect("joined");
+    assert_eq!(joined.key, a.key, "the advertised key");
+    net.run_for(Duration::from_millis(200));
+    for k in 0..10 {
+        post(&mut net, 0, &a, &format!("alice {k}"));
+    }
+    post(&mut net, 1, &a, "bob 0");
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(log(&net, 0, &a), log(&net, 1, &a));
+    assert_eq!(log(&net, 1, &a).len(), 11);
+    let alices: Vec<String> = log(&net, 1, &a)
+        .into_iter()
+        .filter(|t| t.starts_with("alice"))
+        .collect();
+    assert_eq!(
+        alices,
+        (0..10).map(|k| format!("alice {k}")).collect::<Vec<_>>(),
+        "per-sender order"
+    );
+    // One total order, by Lamport time then sender: bob's post, made before he had any of
+    // alice's, has her first post's Lamport time and sorts by key beside it.
+    let lamports: Vec<u64> = keys(&net, 1, &a).iter().map(|k| k.2).collect();
+    assert!(lamports.windows(2).all(|w| w[0] <= w[1]), "{lamports:?}");
+    assert!(complete(&keys(&net, 1, &a)));
+    // Ours are answered as stored, with their numbers.
+    let posted: Vec<u64> = net
+        .events_of(0)
+        .filter_map(|e| match e {
+            NodeEvent::Posted { post, .. } => Some(post.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(posted, (1..=10).collect::<Vec<_>>());
+    let members: Vec<usize> = (0..2)
+        .map(|i| {
+            net.host(i)
+                .activities(net.now)
+                .iter()
+                .find(|s| s.info.id == a.id)
+                .unwrap()
+                .members
+        })
+        .collect();
+    assert_eq!(members, vec![2, 2]);
+}
+
+/// The acceptance scenario, on the virtual network: 4 members, 20 % of every packet lost on
+/// every host, two senders posting as fast as they can; every log ends identical and complete.
+#[test]
+fn four_members_under_twenty_percent_loss_end_with_identical_complete_logs() {
+    let mut net = net(4, 2);
+    let a = share(&mut net, 0, "loss", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..4 {
+        join(&mut net, i, &a.id.to_hex()).expect("join");
+    }
+    net.run_for(Duration::from_millis(200));
+    for h in 0..4 {
+        net.loss.insert(h, 0.2);
+    }
+    for k in 0..300 {
+        post(&mut net, 0, &a, &format!("a{k}"));
+        post(&mut net, 1, &a, &format!("b{k}"));
+        net.run_for(Duration::from_micros(500));
+    }
+    let last = net.now;
+    let done = net.run_until_true(Duration::from_secs(10), |net| {
+        (0..4).all(|i| net.stores[i].log(a.id).len() == 600)
+    });
+    let lens: Vec<usize> = (0..4).map(|i| log(&net, i, &a).len()).collect();
+    assert!(done.is_some(), "logs after 10 s: {lens:?}");
+    eprintln!(
+        "all 4 logs complete {:?} after the last post",
+        net.now - last
+    );
+    for i in 1..4 {
+        assert_eq!(keys(&net, i, &a), keys(&net, 0, &a), "member {i} differs");
+    }
+    assert!(complete(&keys(&net, 0, &a)));
+    let stats = net.host(2).stats().activity;
+    assert!(stats.dropped.is_empty(), "{:?}", stats.dropped);
+}
+
+/// A fifth member joins after everything was posted and gets the whole history, by multicast
+/// alone: unicast from it to everyone and back is black-holed (the seed, everywhere).
+#[test]
+fn a_late_joiner_gets_the_whole_history_with_unicast_black_holed_both_ways() {
+    let mut net = net(5, 3);
+    let a = share(&mut net, 0, "history", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..4 {
+        join(&mut net, i, &a.id.to_hex()).expect("join");
+    }
+    net.run_for(Duration::from_millis(200));
+    for k in 0..400 {
+        post(&mut net, k % 4, &a, &format!("p{k}"));
+    }
+    net.run_for(Duration::from_secs(3));
+    assert_eq!(log(&net, 3, &a).len(), 400);
+    for other in 0..4 {
+        net.unicast_drop.insert((4, other));
+        net.unicast_drop.insert((other, 4));
+    }
+    let t = net.now;
+    join(&mut net, 4, "history").expect("the late joiner knows it from presence");
+    let got = net.run_until_true(Duration::from_secs(20), |net| {
+        net.stores[4].log(a.id).len() == 400
+    });
+    assert!(got.is_some(), "history: {} of 400", log(&net, 4, &a).len());
+    eprintln!(
+        "a late joiner had 400 posts {:?} after joining",
+        net.now - t
+    );
+    assert_eq!(keys(&net, 4, &a), keys(&net, 0, &a));
+}
+
+/// A member killed mid-run (its store keeps what it confirmed) restarts and ends with the
+/// identical log; a sender killed right after a post was confirmed continues its numbering.
+#[test]
+fn a_member_killed_mid_run_restarts_and_catches_up_and_a_sender_never_reuses_a_number() {
+    let mut net = net(3, 4);
+    let a = share(&mut net, 0, "crash", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..3 {
+        join(&mut net, i, &a.id.to_hex()).expect("join");
+    }
+    net.run_for(Duration::from_millis(200));
+    for k in 0..100 {
+        post(&mut net, 0, &a, &format!("a{k}"));
+        post(&mut net, 1, &a, &format!("b{k}"));
+        if k == 40 {
+            net.crash(2);
+        }
+        if k == 70 {
+            restart(&mut net, 2);
+        }
+        net.run_for(Duration::from_millis(2));
+    }
+    // Bob posts once more and dies at once, once it is stored.
+    let req = post(&mut net, 1, &a, "last words");
+    net.run_until_true(Duration::from_secs(1), |net| {
+        net.events_of(1)
+            .any(|e| matches!(e, NodeEvent::Posted { request, .. } if *request == req))
+    })
+    .expect("stored");
+    net.crash(1);
+    restart(&mut net, 1);
+    post(&mut net, 1, &a, "after the restart");
+    let done = net.run_until_true(Duration::from_secs(20), |net| {
+        (0..3).all(|i| net.stores[i].log(a.id).len() == 202)
+    });
+    let lens: Vec<usize> = (0..3).map(|i| log(&net, i, &a).len()).collect();
+    assert!(done.is_some(), "{lens:?}");
+    assert_eq!(keys(&net, 2, &a), keys(&net, 0, &a));
+    assert_eq!(keys(&net, 1, &a), keys(&net, 0, &a));
+    assert!(
+        complete(&keys(&net, 0, &a)),
+        "bob's numbers: no reuse, no gap"
+    );
+    let bob_seqs: Vec<u64> = net.stores[0]
+        .log(a.id)
+        .iter()
+        .filter(|p| p.sender == crate::identity::Identity::from_secret([2; 32]).public())
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(bob_seqs.len(), 102);
+    let texts = log(&net, 0, &a);
+    assert!(
+        texts.contains(&"last words".to_string()),
+        "confirmed, so never lost"
+    );
+}
+
+/// A post of a full mebibyte is cut into packets and put together again, under loss.
+#[test]
+fn a_one_mebibyte_post_arrives_whole_under_loss() {
+    let mut net = net(2, 5);
+    let a = share(&mut net, 0, "big", false);
+    net.run_for(Duration::from_secs(2));
+    join(&mut net, 1, &a.id.to_hex()).expect("join");
+    net.run_for(Duration::from_millis(200));
+    net.loss.insert(1, 0.1);
+    let body: Vec<u8> = (0..MAX_POST).map(|i| (i * 7 % 251) as u8).collect();
+    command(
+        &mut net,
+        0,
+        Command::Post {
+            activity: a.id.to_hex(),
+            body: body.clone(),
+            bytes: true,
+            at_ms: 1,
+        },
+    )
+    .expect("posted");
+    net.run_until_true(Duration::from_secs(20), |net| {
+        !net.stores[1].log(a.id).is_empty()
+    })
+    .expect("arrived");
+    let got = &net.stores[1].log(a.id)[0];
+    assert!(got.bytes);
+    assert_eq!(got.body, body);
+    let too_big = command(
+        &mut net,
+        0,
+        Command::Post {
+            activity: a.id.to_hex(),
+            body: vec![0; MAX_POST + 1],
+            bytes: true,
+            at_ms: 1,
+        },
+    );
+    assert!(
+        matches!(too_big, Err(CommandError::Usage(_))),
+        "{too_big:?}"
+    );
+}
+
+/// A private activity: never advertised; its key goes to an invitee sealed; a stranger on the
+/// link reads nothing of it, and its forged frames are dropped and counted.
+#[test]
+fn a_private_activity_is_unadvertised_unreadable_to_outsiders_and_their_forgeries_are_dropped() {
+    let mut net = net(3, 6);
+    let a = share(&mut net, 0, "secret plans", true);
+    net.run_for(Duration::from_secs(3));
+    assert!(
+        !net.host(2)
+            .activities(net.now)
+            .iter()
+            .any(|s| s.info.id == a.id),
+        "carol was never told of it"
+    );
+    let bob = net.host(1).id();
+    let inv = match command(
+        &mut net,
+        0,
+        Command::Invite {
+            peer: bob,
+            activity: "secret plans".into(),
+            timeout: Duration::from_secs(5),
+        },
+    ) {
+        Ok(Outcome::Delivery(id)) => id,
+        other => panic!("{other:?}"),
+    };
+    net.run_for(Duration::from_secs(1));
+    // The invitation carried the key sealed to bob: he joins by the invitation's id.
+    let joined = join(&mut net, 1, &inv).expect("join by invitation");
+    assert_eq!(joined.key, a.key);
+    net.run_for(Duration::from_millis(200));
+    post(&mut net, 0, &a, "the plaintext of a post");
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(log(&net, 1, &a), vec!["the plaintext of a post"]);
+    // Nothing on the medium carries the text in the clear.
+    let needle = b"plaintext of a post";
+    assert!(!net
+        .sent
+        .iter()
+        .any(|s| s.payload.windows(needle.len()).any(|w| w == needle)));
+    // Carol forges a frame for the activity with a key of her own.
+    let forged = wire::Repr {
+        activity: a.id,
+        sender: crate::identity::Identity::from_secret([3; 32]).public(),
+        body: wire::Body::Data(wire::Data {
+            pkt: 1,
+            post: 1,
+            lamport: 1,
+            at_ms: 1,
+            frag: 0,
+            frags: 1,
+            bytes: false,
+            repair: false,
+            nick: "carol".into(),
+            chunk: b"forged".to_vec(),
+        }),
+    }
+    .emit(&[0x99; 32], &[1; 24])
+    .unwrap();
+    let carol = std::net::SocketAddr::new(std::net::IpAddr::V4(crate::vnet::addr(2)), a.port);
+    net.inject(1, crate::node::Channel::Activity(a.id), carol, &forged);
+    assert_eq!(
+        net.host(1)
+            .stats()
+            .activity
+            .dropped
+            .get(&DropReason::BadSignature),
+        Some(&1)
+    );
+    assert_eq!(log(&net, 1, &a).len(), 1);
+}
+
+/// Trust on first use: a second "bob" with another key is flagged and gets no private key.
+#[test]
+fn an_impostor_of_a_pinned_nick_is_flagged_and_never_sent_a_private_key() {
+    let mut net = net(2, 7);
+    let a = share(&mut net, 0, "private", true);
+    let mut mallory = config(10);
+    mallory.nick = "bob".into();
+    mallory.host = "elsewhere".into();
+    let m = net.add(|ip, now| start(mallory, Restored::default(), ip, now));
+    net.run_until_true(Duration::from_secs(10), |net| {
+        net.host(0).peers().count() == 2
+    })
+    .expect("alice sees both");
+    let impostor = net.host(m).id();
+    assert!(net.host(0).is_impostor(&impostor));
+    assert!(!net.host(0).is_impostor(&net.host(1).id()));
+    let refused = command(
+        &mut net,
+        0,
+        Command::Invite {
+            peer: impostor,
+            activity: a.id.to_hex(),
+            timeout: Duration::from_secs(5),
+        },
+    );
+    assert!(
+        matches!(refused, Err(CommandError::Refused(_))),
+        "{refused:?}"
+    );
+    assert!(net.stores[0]
+        .records
+        .iter()
+        .any(|r| matches!(r, Record::Pin { nick, .. } if nick == "bob")));
+}
+
+/// The seed's fault between two members changes nothing for the activity: it never needs
+/// unicast.
+#[test]
+fn the_seed_fault_between_two_members_changes_nothing() {
+    let mut net = net(3, 8);
+    let a = share(&mut net, 0, "seed", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..3 {
+        join(&mut net, i, &a.id.to_hex()).expect("join");
+    }
+    net.unicast_drop.insert((0, 1));
+    net.unicast_drop.insert((1, 0));
+    for k in 0..50 {
+        post(&mut net, k % 3, &a, &format!("s{k}"));
+    }
+    net.run_until_true(Duration::from_secs(5), |net| {
+        (0..3).all(|i| net.stores[i].log(a.id).len() == 50)
+    })
+    .expect("all logs complete");
+    assert_eq!(keys(&net, 1, &a), keys(&net, 0, &a));
+}
+
+/// An idle activity costs almost nothing: ten members, ten minutes of silence.
+#[test]
+fn an_idle_activity_of_ten_members_sends_a_few_packets_a_minute() {
+    let mut net = net(10, 9);
+    let a = share(&mut net, 0, "idle", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..10 {
+        join(&mut net, i, &a.id.to_hex()).expect("join");
+    }
+    post(&mut net, 0, &a, "hello");
+    net.run_for(Duration::from_secs(30));
+    let since = net.now;
+    net.run_for(Duration::from_secs(600));
+    let frames: usize = (0..10).map(|i| frames_from(&net, i, since)).sum();
+    let per_minute = frames as f64 / 10.0;
+    eprintln!("idle activity, 10 members: {per_minute:.1} packets a minute");
+    assert!(per_minute <= 10.0, "{per_minute} packets a minute");
+    let members = net.host(5).activities(net.now)[0].members;
+    assert_eq!(members, 10, "nobody taken for gone while quiet");
+}

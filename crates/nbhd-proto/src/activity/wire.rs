@@ -1,0 +1,598 @@
+//! The activity frame: everything members of one activity say to each other on its multicast
+//! group, sealed with the activity's key (DESIGN.md §4.4).
+//!
+//! Layout, in the smoltcp manner ([`Packet`] a checked view, [`Repr`] the parsed and opened
+//! form); integers big-endian:
+//!
+//! ```text
+//!  0      4     5      6      8              24               56           80            80+n   80+n+16
+//!  | NBHA | ver | kind | rsvd | activity (16) | sender key (32) | nonce (24) | sealed body | tag (16) |
+//! ```
+//!
+//! The body is encrypted and everything is authenticated with XChaCha20-Poly1305 under the
+//! activity key, the 80-byte header as associated data: a frame of another activity, of a
+//! stranger, or changed in any bit does not open. XChaCha's 24-byte nonce is drawn at random
+//! for each frame: many members send under one key, and repairs resend the same data, so a
+//! counter could not be kept unique; 192 random bits can.
+//!
+//! Bodies, by kind:
+//! - data: packet seq u64, post seq u64, Lamport u64, post time (Unix ms) u64, fragment u16,
+//!   fragments u16, flags u8 (bit 0: the post is bytes, bit 1: a repair), nick length u8, nick,
+//!   then the fragment's bytes.
+//! - nack: entries u16, each: sender key (32), ranges u16, each range first u64, last u64.
+//! - session: entries u16, each: sender key (32), highest packet seq held in order u64.
+//! - join: nick length u8, nick.  leave: empty.
+
+use std::fmt;
+
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+
+pub const MAGIC: &[u8; 4] = b"NBHA";
+pub const VERSION: u8 = 0;
+pub const HEADER_LEN: usize = 80;
+pub const TAG_LEN: usize = 16;
+/// A frame stays within one unfragmented datagram on a 1400-byte-MTU mesh.
+pub const MAX_FRAME: usize = 1400;
+/// The body of a data frame holds this much of a post (the rest is header, fields and tag).
+pub const MAX_CHUNK: usize = 1100;
+pub const MAX_NICK: usize = 40;
+/// Entries per nack or session frame (a session with more senders is sent as several frames).
+pub const MAX_ENTRIES: usize = 28;
+pub const MAX_RANGES: usize = 32;
+
+mod field {
+    use std::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    pub const KIND: usize = 5;
+    pub const ACTIVITY: Range<usize> = 8..24;
+    pub const SENDER: Range<usize> = 24..56;
+    pub const NONCE: Range<usize> = 56..80;
+}
+
+/// An activity's id: 16 random bytes, written as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActivityId(pub [u8; 16]);
+
+impl ActivityId {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<ActivityId> {
+        if s.len() != 32 || !s.is_ascii() {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(ActivityId(id))
+    }
+}
+
+impl fmt::Display for ActivityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ActivityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActivityId({})", self.to_hex())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Data,
+    Nack,
+    Session,
+    Join,
+    Leave,
+}
+
+impl Kind {
+    fn to_byte(self) -> u8 {
+        match self {
+            Kind::Data => 1,
+            Kind::Nack => 2,
+            Kind::Session => 3,
+            Kind::Join => 4,
+            Kind::Leave => 5,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Data,
+            2 => Kind::Nack,
+            3 => Kind::Session,
+            4 => Kind::Join,
+            5 => Kind::Leave,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    Truncated,
+    Malformed(&'static str),
+    /// The tag does not verify: another key (a stranger, another activity) or a changed bit.
+    BadTag,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Truncated => write!(f, "truncated activity frame"),
+            Error::Malformed(why) => write!(f, "malformed activity frame: {why}"),
+            Error::BadTag => write!(f, "activity frame does not open with the activity key"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A checked view over a frame's bytes (sealed: the body is not readable without the key).
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Checks that the buffer is a frame of a known version and kind, within the size limit.
+    pub fn new_checked(buffer: T) -> Result<Packet<T>, Error> {
+        let b = buffer.as_ref();
+        if b.len() < HEADER_LEN + TAG_LEN {
+            return Err(Error::Truncated);
+        }
+        if b.len() > MAX_FRAME {
+            return Err(Error::Malformed("larger than a frame may be"));
+        }
+        if &b[field::MAGIC] != MAGIC {
+            return Err(Error::Malformed("not an activity frame"));
+        }
+        if b[field::VERSION] != VERSION {
+            return Err(Error::Malformed("unknown version"));
+        }
+        if Kind::from_byte(b[field::KIND]).is_none() {
+            return Err(Error::Malformed("unknown kind"));
+        }
+        Ok(Packet { buffer })
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_byte(self.buffer.as_ref()[field::KIND]).unwrap_or(Kind::Leave)
+    }
+
+    pub fn activity(&self) -> ActivityId {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.buffer.as_ref()[field::ACTIVITY]);
+        ActivityId(id)
+    }
+
+    pub fn sender(&self) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(&self.buffer.as_ref()[field::SENDER]);
+        k
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.buffer.as_ref()[..HEADER_LEN]
+    }
+
+    fn nonce(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::NONCE]
+    }
+
+    fn sealed(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..]
+    }
+
+    /// The body, opened with `key`.
+    pub fn open(&self, key: &[u8; 32]) -> Result<Vec<u8>, Error> {
+        XChaCha20Poly1305::new(key.into())
+            .decrypt(
+                XNonce::from_slice(self.nonce()),
+                Payload {
+                    msg: self.sealed(),
+                    aad: self.header(),
+                },
+            )
+            .map_err(|_| Error::BadTag)
+    }
+}
+
+/// One fragment of a post.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data {
+    /// Per-sender packet sequence: consecutive over every fragment of every post, from 1.
+    pub pkt: u64,
+    /// Per-sender post sequence, from 1.
+    pub post: u64,
+    pub lamport: u64,
+    pub at_ms: u64,
+    pub frag: u16,
+    pub frags: u16,
+    /// The post is bytes (not UTF-8 text).
+    pub bytes: bool,
+    /// Sent again by someone who held it (after a nack), not by its sender's first send.
+    pub repair: bool,
+    pub nick: String,
+    pub chunk: Vec<u8>,
+}
+
+/// One sender's missing packets: its key and inclusive ranges of packet seqs.
+pub type NackEntry = ([u8; 32], Vec<(u64, u64)>);
+
+/// A frame's meaning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Data(Data),
+    /// Packets missing: per sender, inclusive ranges of packet seqs.
+    Nack(Vec<NackEntry>),
+    /// Per sender, the highest packet seq this member holds in order.
+    Session(Vec<([u8; 32], u64)>),
+    Join {
+        nick: String,
+    },
+    Leave,
+}
+
+impl Body {
+    fn kind(&self) -> Kind {
+        match self {
+            Body::Data(_) => Kind::Data,
+            Body::Nack(_) => Kind::Nack,
+            Body::Session(_) => Kind::Session,
+            Body::Join { .. } => Kind::Join,
+            Body::Leave => Kind::Leave,
+        }
+    }
+}
+
+/// A frame, opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repr {
+    pub activity: ActivityId,
+    pub sender: [u8; 32],
+    pub body: Body,
+}
+
+/// A cursor over body bytes: every read is checked.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        if self.b.len() < n {
+            return Err(Error::Truncated);
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u64(&mut self) -> Result<u64, Error> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn key(&mut self) -> Result<[u8; 32], Error> {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(self.take(32)?);
+        Ok(a)
+    }
+    fn nick(&mut self) -> Result<String, Error> {
+        let n = self.u8()? as usize;
+        if n > MAX_NICK {
+            return Err(Error::Malformed("nick too long"));
+        }
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| Error::Malformed("nick is not UTF-8"))
+    }
+    fn end(&self) -> Result<(), Error> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Malformed("trailing bytes"))
+        }
+    }
+}
+
+fn put_nick(out: &mut Vec<u8>, nick: &str) {
+    let mut end = nick.len().min(MAX_NICK);
+    while !nick.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(end as u8);
+    out.extend_from_slice(&nick.as_bytes()[..end]);
+}
+
+impl Repr {
+    /// Opens and parses a datagram with `key`. Never panics.
+    pub fn parse(bytes: &[u8], key: &[u8; 32]) -> Result<Repr, Error> {
+        let p = Packet::new_checked(bytes)?;
+        let plain = p.open(key)?;
+        let mut r = Reader { b: &plain };
+        let body = match p.kind() {
+            Kind::Data => {
+                let pkt = r.u64()?;
+                let post = r.u64()?;
+                let lamport = r.u64()?;
+                let at_ms = r.u64()?;
+                let frag = r.u16()?;
+                let frags = r.u16()?;
+                let flags = r.u8()?;
+                if flags & !3 != 0 {
+                    return Err(Error::Malformed("unknown data flags"));
+                }
+                let nick = r.nick()?;
+                let chunk = r.b.to_vec();
+                r.b = &[];
+                if pkt == 0 || post == 0 || frags == 0 || frag >= frags {
+                    return Err(Error::Malformed("data numbering"));
+                }
+                if chunk.len() > MAX_CHUNK {
+                    return Err(Error::Malformed("chunk too long"));
+                }
+                Body::Data(Data {
+                    pkt,
+                    post,
+                    lamport,
+                    at_ms,
+                    frag,
+                    frags,
+                    bytes: flags & 1 != 0,
+                    repair: flags & 2 != 0,
+                    nick,
+                    chunk,
+                })
+            }
+            Kind::Nack => {
+                let n = r.u16()? as usize;
+                if n > MAX_ENTRIES {
+                    return Err(Error::Malformed("too many nack entries"));
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let sender = r.key()?;
+                    let m = r.u16()? as usize;
+                    if m > MAX_RANGES {
+                        return Err(Error::Malformed("too many ranges"));
+                    }
+                    let mut ranges = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        let (a, b) = (r.u64()?, r.u64()?);
+                        if a == 0 || a > b {
+                            return Err(Error::Malformed("range"));
+                        }
+                        ranges.push((a, b));
+                    }
+                    entries.push((sender, ranges));
+                }
+                Body::Nack(entries)
+            }
+            Kind::Session => {
+                let n = r.u16()? as usize;
+                if n > MAX_ENTRIES {
+                    return Err(Error::Malformed("too many session entries"));
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push((r.key()?, r.u64()?));
+                }
+                Body::Session(entries)
+            }
+            Kind::Join => Body::Join { nick: r.nick()? },
+            Kind::Leave => Body::Leave,
+        };
+        r.end()?;
+        Ok(Repr {
+            activity: p.activity(),
+            sender: p.sender(),
+            body,
+        })
+    }
+
+    /// The frame's bytes, sealed with `key` under `nonce`.
+    pub fn emit(&self, key: &[u8; 32], nonce: &[u8; 24]) -> Result<Vec<u8>, Error> {
+        let mut body = Vec::new();
+        match &self.body {
+            Body::Data(d) => {
+                if d.chunk.len() > MAX_CHUNK || d.frag >= d.frags || d.pkt == 0 || d.post == 0 {
+                    return Err(Error::Malformed("data fields"));
+                }
+                body.extend_from_slice(&d.pkt.to_be_bytes());
+                body.extend_from_slice(&d.post.to_be_bytes());
+                body.extend_from_slice(&d.lamport.to_be_bytes());
+                body.extend_from_slice(&d.at_ms.to_be_bytes());
+                body.extend_from_slice(&d.frag.to_be_bytes());
+                body.extend_from_slice(&d.frags.to_be_bytes());
+                body.push(u8::from(d.bytes) | (u8::from(d.repair) << 1));
+                put_nick(&mut body, &d.nick);
+                body.extend_from_slice(&d.chunk);
+            }
+            Body::Nack(entries) => {
+                if entries.len() > MAX_ENTRIES || entries.iter().any(|(_, r)| r.len() > MAX_RANGES)
+                {
+                    return Err(Error::Malformed("nack too large"));
+                }
+                body.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+                for (sender, ranges) in entries {
+                    body.extend_from_slice(sender);
+                    body.extend_from_slice(&(ranges.len() as u16).to_be_bytes());
+                    for (a, b) in ranges {
+                        body.extend_from_slice(&a.to_be_bytes());
+                        body.extend_from_slice(&b.to_be_bytes());
+                    }
+                }
+            }
+            Body::Session(entries) => {
+                if entries.len() > MAX_ENTRIES {
+                    return Err(Error::Malformed("session too large"));
+                }
+                body.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+                for (sender, hwm) in entries {
+                    body.extend_from_slice(sender);
+                    body.extend_from_slice(&hwm.to_be_bytes());
+                }
+            }
+            Body::Join { nick } => put_nick(&mut body, nick),
+            Body::Leave => {}
+        }
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(self.body.kind().to_byte());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.activity.0);
+        out.extend_from_slice(&self.sender);
+        out.extend_from_slice(nonce);
+        let sealed = XChaCha20Poly1305::new(key.into())
+            .encrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: &body,
+                    aad: &out,
+                },
+            )
+            .map_err(|_| Error::Malformed("cannot seal"))?;
+        out.extend_from_slice(&sealed);
+        if out.len() > MAX_FRAME {
+            return Err(Error::Malformed("larger than a frame may be"));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = [7; 32];
+    const NONCE: [u8; 24] = [3; 24];
+
+    fn data(chunk: Vec<u8>) -> Repr {
+        Repr {
+            activity: ActivityId([0xa1; 16]),
+            sender: [0x5e; 32],
+            body: Body::Data(Data {
+                pkt: 9,
+                post: 4,
+                lamport: 17,
+                at_ms: 1_700_000_000_123,
+                frag: 1,
+                frags: 3,
+                bytes: true,
+                repair: false,
+                nick: "alice".into(),
+                chunk,
+            }),
+        }
+    }
+
+    fn all() -> Vec<Repr> {
+        let r = |body| Repr {
+            activity: ActivityId([0xa1; 16]),
+            sender: [0x5e; 32],
+            body,
+        };
+        vec![
+            data(vec![]),
+            data(vec![0xab; MAX_CHUNK]),
+            r(Body::Nack(vec![
+                ([1; 32], vec![(1, 1), (5, 9)]),
+                ([2; 32], vec![(3, 3)]),
+            ])),
+            r(Body::Session(vec![([1; 32], 12), ([2; 32], 0)])),
+            r(Body::Join { nick: "bob".into() }),
+            r(Body::Leave),
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for r in all() {
+            let b = r.emit(&KEY, &NONCE).unwrap();
+            assert!(b.len() <= MAX_FRAME);
+            assert_eq!(Repr::parse(&b, &KEY).unwrap(), r);
+        }
+    }
+
+    /// The whole frame against bytes written down once: the header in the clear, the body
+    /// sealed (XChaCha20-Poly1305 is deterministic for a key and nonce).
+    #[test]
+    fn a_frame_is_byte_exact() {
+        let r = Repr {
+            activity: ActivityId([0xa1; 16]),
+            sender: [0x5e; 32],
+            body: Body::Join { nick: "bob".into() },
+        };
+        let b = r.emit(&KEY, &NONCE).unwrap();
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(
+            &hex[..160],
+            concat!(
+                "4e424841",
+                "00",
+                "04",
+                "0000",
+                "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
+                "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e",
+                "030303030303030303030303030303030303030303030303",
+            )
+        );
+        assert_eq!(b.len(), HEADER_LEN + 4 + TAG_LEN);
+        assert_eq!(&hex[160..], SEALED_JOIN_BOB, "the sealed body and tag");
+    }
+
+    /// "bob" (length-prefixed) sealed under KEY and NONCE, then the tag.
+    const SEALED_JOIN_BOB: &str = "8764247976d0ea98f111e30f32ea9257970fc763";
+
+    #[test]
+    fn any_changed_bit_is_refused() {
+        for r in all() {
+            let b = r.emit(&KEY, &NONCE).unwrap();
+            for i in 0..b.len() {
+                let mut c = b.clone();
+                c[i] ^= 0x10;
+                assert!(
+                    Repr::parse(&c, &KEY).is_err(),
+                    "flipping byte {i} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn another_key_short_long_and_foreign_inputs_are_errors() {
+        let b = data(b"hello".to_vec()).emit(&KEY, &NONCE).unwrap();
+        assert_eq!(Repr::parse(&b, &[8; 32]), Err(Error::BadTag));
+        for cut in 0..b.len() {
+            assert!(Repr::parse(&b[..cut], &KEY).is_err());
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(Repr::parse(&longer, &KEY).is_err());
+        assert!(Repr::parse(&[0u8; 200], &KEY).is_err());
+        assert!(data(vec![0; MAX_CHUNK + 1]).emit(&KEY, &NONCE).is_err());
+    }
+
+    #[test]
+    fn activity_ids_are_32_hex_digits() {
+        let id = ActivityId([0x0f; 16]);
+        assert_eq!(id.to_hex(), "0f".repeat(16));
+        assert_eq!(ActivityId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(ActivityId::from_hex("zz"), None);
+        assert_eq!(ActivityId::from_hex(&"é".repeat(16)), None);
+    }
+}
