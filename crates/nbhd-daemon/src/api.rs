@@ -1,9 +1,10 @@
 //! The local HTTP API and web view (DESIGN.md §5): 127.0.0.1:7640 by default, the next free port
 //! when that one is taken, a bearer token from the data dir's 0600 `token` file.
 //!
-//! A deliberately small HTTP/1.1 server for the GET routes on loopback (moving to axum is the web
-//! view's work); each route is a typed [`Request`] answered through the same channel as the
-//! control socket, so both always agree. Errors are `{"error": ...}` with 400, 401 or 404.
+//! A deliberately small HTTP/1.1 server on loopback (moving to axum is the web view's work):
+//! each route is a typed [`Request`] answered through the same channel as the control socket,
+//! so both always agree; a POST's JSON body carries the request's arguments under the control
+//! socket's names. Errors are `{"error": ...}` with 400, 401, 404, 408 or 413.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +20,12 @@ use crate::control::{self, Pending};
 pub const DEFAULT_API: &str = "127.0.0.1:7640";
 /// How many ports after the default we try before giving up.
 const PORT_TRIES: u16 = 20;
-const MAX_REQUEST: usize = 16 * 1024;
+const MAX_HEAD: usize = 16 * 1024;
+/// A post of 1 MiB in base64, with room for the JSON around it.
+const MAX_BODY: usize = crate::contract::MAX_POST / 3 * 4 + 64 * 1024;
+/// How long a client has to send its whole request; the answer then takes what it takes (a
+/// delivery waits for its receipt, up to its own timeout).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `explicit` exactly, or the default port or one of the next ones.
 pub async fn bind(explicit: Option<SocketAddr>) -> std::io::Result<TcpListener> {
@@ -45,11 +51,72 @@ pub async fn serve(listener: TcpListener, token: String, requests: mpsc::Sender<
         let token = token.clone();
         let requests = requests.clone();
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(10), serve_one(stream, &token, requests))
-                    .await;
+            let _ = serve_one(stream, &token, requests).await;
         });
     }
+}
+
+/// A request as read off the connection.
+struct HttpRequest {
+    method: String,
+    path: String,
+    query: String,
+    authorized: bool,
+    body: Vec<u8>,
+}
+
+/// Why a request could not be read: the status to answer with, and why.
+type Refusal = (u16, &'static str);
+
+/// Reads one request: its head, then `Content-Length` bytes of body. A slow or stalled client
+/// gets [`READ_TIMEOUT`] for all of it.
+async fn read_request(stream: &mut TcpStream, token: &str) -> Result<HttpRequest, Refusal> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err((400, "request head too large"));
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err((400, "bad request")),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut authorized = false;
+    let mut length = 0usize;
+    for (k, v) in lines.filter_map(|l| l.split_once(':')) {
+        if k.eq_ignore_ascii_case("authorization") {
+            authorized |= v.trim() == format!("Bearer {token}");
+        } else if k.eq_ignore_ascii_case("content-length") {
+            length = v.trim().parse().map_err(|_| (400, "bad Content-Length"))?;
+        }
+    }
+    if length > MAX_BODY {
+        return Err((413, "request body too large (a post is at most 1 MiB)"));
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err((400, "request body shorter than its Content-Length")),
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(length);
+    Ok(HttpRequest {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        authorized,
+        body,
+    })
 }
 
 async fn serve_one(
@@ -57,28 +124,12 @@ async fn serve_one(
     token: &str,
     requests: mpsc::Sender<Pending>,
 ) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_REQUEST {
-            return error(&mut stream, 400, "bad request").await;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let authorized = lines.filter_map(|l| l.split_once(':')).any(|(k, v)| {
-        k.eq_ignore_ascii_case("authorization") && v.trim() == format!("Bearer {token}")
-    });
-    if method != "GET" {
-        return error(&mut stream, 405, "only GET").await;
-    }
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
-    if path == "/" {
+    let req = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream, token)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err((code, why))) => return error(&mut stream, code, why).await,
+        Err(_) => return error(&mut stream, 408, "request not received in time").await,
+    };
+    if req.method == "GET" && req.path == "/" {
         return respond(
             &mut stream,
             200,
@@ -87,25 +138,11 @@ async fn serve_one(
         )
         .await;
     }
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
+    let request = match route(&req) {
+        Ok(r) => r,
+        Err((code, why)) => return error(&mut stream, code, &why).await,
     };
-    let request = match path {
-        "/api/peers" => Request::Peers,
-        "/api/stats" => Request::Stats,
-        "/api/status" => Request::Status,
-        "/api/doctor" => Request::Doctor,
-        "/api/invitations" => Request::Invitations,
-        "/api/messages" => Request::Messages {
-            peer: param("peer"),
-        },
-        _ => return error(&mut stream, 404, "no such route").await,
-    };
-    if !authorized {
+    if !req.authorized {
         return error(
             &mut stream,
             401,
@@ -128,6 +165,58 @@ async fn serve_one(
     }
 }
 
+/// The contract's request for a route (DESIGN.md §5). A POST's body is the request's
+/// arguments as JSON, the same names as on the control socket.
+fn route(req: &HttpRequest) -> Result<Request, (u16, String)> {
+    let param = |name: &str| {
+        req.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    // The body's fields, with `cmd` set: the same request a control-socket line makes.
+    let body = |cmd: &str, extra: &[(&str, &str)]| -> Result<Request, (u16, String)> {
+        let mut v: serde_json::Value = if req.body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(&req.body)
+                .map_err(|e| (400, format!("the body is not JSON: {e}")))?
+        };
+        let Some(o) = v.as_object_mut() else {
+            return Err((400, "the body must be a JSON object".into()));
+        };
+        o.insert("cmd".into(), json!(cmd));
+        for (k, val) in extra {
+            o.insert((*k).into(), json!(val));
+        }
+        serde_json::from_value(v).map_err(|e| (400, format!("bad request: {e}")))
+    };
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let request = match (req.method.as_str(), segments.as_slice()) {
+        ("GET", ["api", "peers"]) => Request::Peers,
+        ("GET", ["api", "stats"]) => Request::Stats,
+        ("GET", ["api", "status"]) => Request::Status,
+        ("GET", ["api", "doctor"]) => Request::Doctor,
+        ("GET", ["api", "invitations"]) => Request::Invitations,
+        ("GET", ["api", "messages"]) => Request::Messages {
+            peer: param("peer"),
+        },
+        ("GET", ["api", "activities"]) => Request::Activities,
+        ("GET", ["api", "activities", id, "log"]) => Request::Log {
+            activity: id.to_string(),
+        },
+        ("POST", ["api", "send"]) => body("send", &[])?,
+        ("POST", ["api", "invite"]) => body("invite", &[])?,
+        ("POST", ["api", "activities"]) => body("share", &[])?,
+        ("POST", ["api", "activities", id, "join"]) => body("join", &[("activity", id)])?,
+        ("POST", ["api", "activities", id, "leave"]) => body("leave", &[("activity", id)])?,
+        ("POST", ["api", "activities", id, "posts"]) => body("post", &[("activity", id)])?,
+        _ => return Err((404, "no such route".into())),
+    };
+    Ok(request)
+}
+
 async fn error(stream: &mut TcpStream, code: u16, message: &str) -> std::io::Result<()> {
     let body = json!({ "error": message }).to_string();
     respond(stream, code, "application/json", body.as_bytes()).await
@@ -144,7 +233,8 @@ async fn respond(
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
-        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
         _ => "Service Unavailable",
     };
     let head = format!(

@@ -16,6 +16,13 @@ fn default_timeout() -> f64 {
     DEFAULT_TIMEOUT_S
 }
 
+fn default_kind() -> String {
+    "activity".into()
+}
+
+/// A post's size limit (DESIGN.md §6: a bigger one is a usage error).
+pub const MAX_POST: usize = nbhd_proto::activity::MAX_POST;
+
 /// One request, as a line on the control socket: `{"cmd": "peers"}`, `{"cmd": "send", ...}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -41,8 +48,64 @@ pub enum Request {
         #[serde(default = "default_timeout")]
         timeout: f64,
     },
+    /// A new activity (we are its first member).
+    Share {
+        name: String,
+        #[serde(default)]
+        private: bool,
+        #[serde(default = "default_kind", rename = "type")]
+        kind: String,
+    },
+    Activities,
+    /// ACTIVITY: an activity's id, its name, or the id of an invitation to it.
+    Join {
+        activity: String,
+    },
+    Leave {
+        activity: String,
+    },
+    /// Text, or bytes (base64), not both.
+    Post {
+        activity: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<String>,
+    },
+    Log {
+        activity: String,
+    },
     /// Follow events: the reply is a stream of [`Event`]s, one per line.
     Events,
+}
+
+/// A post's body from the request: (bytes, is it bytes rather than text).
+pub fn post_body(
+    text: &Option<String>,
+    bytes: &Option<String>,
+) -> Result<(Vec<u8>, bool), ErrorReply> {
+    use base64::Engine as _;
+    let (body, is_bytes) = match (text, bytes) {
+        (Some(t), None) => (t.as_bytes().to_vec(), false),
+        (None, Some(b)) => (
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| ErrorReply::usage(format!("bytes is not base64: {e}")))?,
+            true,
+        ),
+        _ => {
+            return Err(ErrorReply::usage(
+                "a post is text or bytes (base64), exactly one",
+            ))
+        }
+    };
+    if body.len() > MAX_POST {
+        return Err(ErrorReply::usage(format!(
+            "a post is at most {MAX_POST} bytes (1 MiB); this one is {}",
+            body.len()
+        )));
+    }
+    Ok((body, is_bytes))
 }
 
 impl Request {
@@ -64,6 +127,20 @@ impl Request {
             Request::Messages { peer: Some(p) } if p.trim().is_empty() => {
                 usage("PEER must not be empty; leave it out for every peer's messages")
             }
+            Request::Share { name, .. } if name.trim().is_empty() => {
+                usage("an activity's NAME must not be empty")
+            }
+            Request::Join { activity }
+            | Request::Leave { activity }
+            | Request::Log { activity }
+            | Request::Post { activity, .. }
+                if activity.trim().is_empty() =>
+            {
+                usage(
+                    "ACTIVITY must not be empty (an activity's id or name, or an invitation's id)",
+                )
+            }
+            Request::Post { text, bytes, .. } => post_body(text, bytes).map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -114,6 +191,8 @@ pub struct PeerRow {
     pub legacy: bool,
     /// How long ago (ms) any of its records was heard.
     pub last_seen_ms: u64,
+    /// It announces a nick first seen with another key (trust on first use).
+    pub impostor: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -237,6 +316,25 @@ pub struct ChannelStats {
     pub drops: DropCounts,
 }
 
+/// Every activity's channel together: frames in and out, and what was dropped and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActivityStats {
+    pub packets_in: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    /// Posts' packets sent the first time.
+    pub data_out: u64,
+    /// Packets sent again because a member asked.
+    pub repairs_out: u64,
+    pub nacks_out: u64,
+    pub sessions_out: u64,
+    /// Packets received that we had already.
+    pub duplicates: u64,
+    pub send_errors: u64,
+    #[serde(flatten)]
+    pub drops: DropCounts,
+}
+
 /// `nbhd stats`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReply {
@@ -245,7 +343,75 @@ pub struct StatsReply {
     pub messages: DropCounts,
     pub courier: ChannelStats,
     pub probe: ChannelStats,
+    pub activity: ActivityStats,
     pub peers: usize,
+}
+
+/// `nbhd share`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShareReply {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its multicast group and port, `239.255.x.y:port`.
+    pub group: String,
+    pub private: bool,
+}
+
+/// `nbhd activities`: an activity we know.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivitySummary {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Members heard from lately, us included when we are one.
+    pub members: usize,
+    pub joined: bool,
+    pub private: bool,
+}
+
+/// `nbhd join` and `nbhd leave`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MembershipReply {
+    pub id: String,
+    pub name: String,
+    pub joined: bool,
+}
+
+/// `nbhd post`: answered once the post is stored locally.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PostReply {
+    /// The activity's id.
+    pub id: String,
+    pub seq: u64,
+}
+
+/// `nbhd log`: an activity's posts, in the one total order every member shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogReply {
+    /// The activity's id (whatever named it: its name, an invitation's id).
+    pub id: String,
+    pub name: String,
+    pub posts: Vec<LogRow>,
+}
+
+/// One post of an activity's log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogRow {
+    /// The poster's peer id.
+    pub sender: String,
+    pub nick: String,
+    pub seq: u64,
+    pub lamport: u64,
+    /// The text (null for a bytes post).
+    pub text: Option<String>,
+    /// A bytes post, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<String>,
+    /// When its sender posted it (Unix ms, its clock).
+    pub at: u64,
 }
 
 /// A successful reply: its JSON is the command's `--json` output.
@@ -254,11 +420,17 @@ pub struct StatsReply {
 pub enum Reply {
     Peers(Vec<PeerRow>),
     Status(StatusReply),
-    Stats(StatsReply),
+    // Boxed: much the largest reply, and the rarest.
+    Stats(Box<StatsReply>),
     Doctor(Vec<DoctorRow>),
     Invitations(Vec<InvitationRow>),
     Messages(Vec<MessageRow>),
     Delivery(DeliveryReply),
+    Share(ShareReply),
+    Activities(Vec<ActivitySummary>),
+    Membership(MembershipReply),
+    Posted(PostReply),
+    Log(LogReply),
 }
 
 /// One line of `nbhd events --json`: `{type, at, ...}`, `at` in Unix milliseconds.
@@ -297,6 +469,21 @@ pub enum Event {
         state: String,
         path: String,
         diagnosis: String,
+    },
+    /// A post in an activity (ours or a member's), as `nbhd log` shows it.
+    Post {
+        at: u64,
+        activity: String,
+        entry: LogRow,
+    },
+    /// A member joined, left or fell silent.
+    Member {
+        at: u64,
+        activity: String,
+        peer: String,
+        nick: String,
+        /// `joined`, `left` or `silent`.
+        change: String,
     },
     /// The follower was too slow: this many events were skipped.
     Lagged {

@@ -164,7 +164,15 @@ impl Client {
     }
 
     /// Follows events, calling `each` per event until the daemon goes away or `each` says stop.
-    pub fn follow(&mut self, mut each: impl FnMut(Event) -> bool) -> Result<(), DaemonError> {
+    pub fn follow(&mut self, each: impl FnMut(Event) -> bool) -> Result<(), DaemonError> {
+        self.subscribe()?;
+        self.each_event(each)
+    }
+
+    /// Starts following events: from here on none is missed (the daemon holds a few thousand
+    /// for a reader that is busy elsewhere), so a reader may fetch a snapshot first and then
+    /// read the events that came after it with [`Client::each_event`].
+    pub fn subscribe(&mut self) -> Result<(), DaemonError> {
         self.send(&Request::Events)?;
         let first = self
             .read()?
@@ -172,6 +180,12 @@ impl Client {
         if first.get("ok").and_then(Value::as_bool) != Some(true) {
             return Err(DaemonError::Other(format!("events refused: {first}")));
         }
+        Ok(())
+    }
+
+    /// The events of a [`Client::subscribe`]d connection, until the daemon goes away or `each`
+    /// says stop.
+    pub fn each_event(&mut self, mut each: impl FnMut(Event) -> bool) -> Result<(), DaemonError> {
         while let Some(v) = self.read()? {
             let ev: Event = serde_json::from_value(v)
                 .map_err(|e| DaemonError::other("control socket: bad event", e))?;

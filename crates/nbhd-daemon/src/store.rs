@@ -1,16 +1,20 @@
 //! The SQLite store (DESIGN.md §5): one file in the data dir, WAL mode, typed tables.
 //!
 //! It keeps the node's identity, the invitations and 1:1 messages received, the messages sent
-//! (with the path that delivered them), and the ids of messages received before messages were
-//! kept, so a copy after a restart is acknowledged but not shown twice. The Node asks for every
+//! (with the path that delivered them), the ids of messages received before messages were kept
+//! (so a copy after a restart is acknowledged but not shown twice), the activities we created or
+//! joined with every post in them, and the nicks pinned on first use. The Node asks for every
 //! write it needs ([`nbhd_proto::node::StoreWrite`]) and counts nothing as received before
-//! [`Store::apply`] confirmed it.
+//! [`Store::apply_all`] confirmed it; it asks for old posts back to repair them for others.
 //!
 //! The schema is versioned with `PRAGMA user_version` and migrated forward on open, each step in
-//! a transaction: version 0 is the first release's (invitations kept as JSON rows).
+//! a transaction: version 0 is the first release's (invitations kept as JSON rows), 1 typed the
+//! invitations and added messages, 2 added activities, posts and pins.
 
 use std::path::Path;
 
+use nbhd_proto::activity::{ActivityId, ActivityInfo, Load, Post};
+use nbhd_proto::messages::stanza::Activity;
 use nbhd_proto::node::{Record, Restored};
 use nbhd_proto::paths::Via;
 use rusqlite::{Connection, OptionalExtension, Transaction};
@@ -23,7 +27,7 @@ use crate::error::DaemonError;
 const SEEN_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The schema migrations, in order: step `i` takes a store from version `i` to `i + 1`.
-const MIGRATIONS: &[fn(&Transaction) -> rusqlite::Result<()>] = &[to_v1];
+const MIGRATIONS: &[fn(&Transaction) -> rusqlite::Result<()>] = &[to_v1, to_v2];
 
 pub struct Store {
     conn: Connection,
@@ -97,6 +101,46 @@ fn to_v1(tx: &Transaction) -> rusqlite::Result<()> {
     tx.execute_batch("ALTER TABLE invitations_v1 RENAME TO invitations;")
 }
 
+/// Version 1 → 2: shared activities (their posts, one row each, in the order every member
+/// shows them: Lamport time, then sender), trust-on-first-use pins, and what an invitation's
+/// activity needs to be joined from it.
+fn to_v2(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "ALTER TABLE invitations ADD COLUMN activity_group TEXT NOT NULL DEFAULT '';
+         ALTER TABLE invitations ADD COLUMN activity_port INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE invitations ADD COLUMN activity_key TEXT NOT NULL DEFAULT '';
+         ALTER TABLE invitations ADD COLUMN activity_private INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE activities (
+             id TEXT PRIMARY KEY,
+             name TEXT NOT NULL,
+             kind TEXT NOT NULL,
+             private INTEGER NOT NULL,
+             key BLOB NOT NULL,
+             joined INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL
+         );
+         CREATE TABLE posts (
+             activity TEXT NOT NULL,
+             sender BLOB NOT NULL,
+             seq INTEGER NOT NULL,
+             first_pkt INTEGER NOT NULL,
+             frags INTEGER NOT NULL,
+             lamport INTEGER NOT NULL,
+             nick TEXT NOT NULL,
+             bytes INTEGER NOT NULL,
+             body BLOB NOT NULL,
+             at_ms INTEGER NOT NULL,
+             PRIMARY KEY (activity, sender, seq)
+         );
+         CREATE INDEX posts_in_order ON posts (activity, lamport, sender);
+         CREATE TABLE pins (
+             nick TEXT PRIMARY KEY,
+             key BLOB NOT NULL,
+             first_ms INTEGER NOT NULL
+         );",
+    )
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, DaemonError> {
         let ctx = |e: rusqlite::Error| DaemonError::other(&format!("store {}", path.display()), e);
@@ -128,43 +172,132 @@ impl Store {
 
     /// Carries out a write the Node asked for, stamped with the wall clock (`at_ms`).
     pub fn apply(&self, me: &str, record: &Record, at_ms: u64) -> Result<(), DaemonError> {
-        let ctx = |e: rusqlite::Error| DaemonError::other("store", e);
-        match record {
-            Record::Message {
-                id,
-                from,
-                to,
-                from_nick,
-                to_nick,
-                text,
-                via,
-            } => self.conn.execute(
-                "INSERT OR IGNORE INTO messages (sender, id, recipient, sender_nick, recipient_nick, text, via, at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                rusqlite::params![from, id, to, from_nick, to_nick, text, via.map(Via::as_str), at_ms as i64],
-            ),
-            Record::Delivered { id, via } => self.conn.execute(
-                "UPDATE messages SET via = ?3 WHERE sender = ?1 AND id = ?2",
-                rusqlite::params![me, id, via.as_str()],
-            ),
-            Record::Invitation {
-                id,
-                from,
-                from_nick,
-                activity,
-                reason,
-                via,
-                relayed_by,
-            } => self.conn.execute(
-                "INSERT OR IGNORE INTO invitations (sender, id, sender_nick, activity_id, activity_name, activity_type, reason, via, relayed_by, received_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                rusqlite::params![from, id, from_nick, activity.id, activity.name, activity.kind, reason, via.as_str(), relayed_by, at_ms as i64],
-            ),
-        }
-        .map(|_| ())
-        .map_err(ctx)
+        apply_one(&self.conn, me, record, at_ms)
     }
 
+    /// Carries out writes in one transaction (a group commit): each one's own result, and
+    /// none of them counts if the commit fails.
+    pub fn apply_all(
+        &mut self,
+        me: &str,
+        records: &[&Record],
+        at_ms: u64,
+    ) -> Vec<Result<(), DaemonError>> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store", e);
+        let mut tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let msg = e.to_string();
+                return records
+                    .iter()
+                    .map(|_| Err(DaemonError::Other(format!("store: {msg}"))))
+                    .collect();
+            }
+        };
+        let mut results: Vec<Result<(), DaemonError>> = records
+            .iter()
+            .map(|r| {
+                // Each write in its own savepoint: one that fails takes only itself back.
+                let sp = tx.savepoint().map_err(ctx)?;
+                apply_one(&sp, me, r, at_ms)?;
+                sp.commit().map_err(ctx)
+            })
+            .collect();
+        if let Err(e) = tx.commit() {
+            let msg = e.to_string();
+            for r in results.iter_mut() {
+                *r = Err(DaemonError::Other(format!("store: commit failed: {msg}")));
+            }
+        }
+        results
+    }
+}
+
+/// One write, on a connection or inside a transaction.
+fn apply_one(conn: &Connection, me: &str, record: &Record, at_ms: u64) -> Result<(), DaemonError> {
+    let ctx = |e: rusqlite::Error| DaemonError::other("store", e);
+    let at = at_ms as i64;
+    match record {
+        Record::Message {
+            id,
+            from,
+            to,
+            from_nick,
+            to_nick,
+            text,
+            via,
+        } => conn.execute(
+            "INSERT OR IGNORE INTO messages (sender, id, recipient, sender_nick, recipient_nick, text, via, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![from, id, to, from_nick, to_nick, text, via.map(Via::as_str), at],
+        ),
+        Record::Delivered { id, via } => conn.execute(
+            "UPDATE messages SET via = ?3 WHERE sender = ?1 AND id = ?2",
+            rusqlite::params![me, id, via.as_str()],
+        ),
+        Record::Invitation {
+            id,
+            from,
+            from_nick,
+            activity,
+            reason,
+            via,
+            relayed_by,
+        } => conn.execute(
+            "INSERT OR IGNORE INTO invitations (sender, id, sender_nick, activity_id, activity_name, activity_type, reason, via, relayed_by, received_ms,
+                                                activity_group, activity_port, activity_key, activity_private)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            rusqlite::params![
+                from, id, from_nick, activity.id, activity.name, activity.kind, reason, via.as_str(), relayed_by, at,
+                activity.group, activity.port, activity.key, activity.private
+            ],
+        ),
+        Record::Activity { info, joined } => conn.execute(
+            "INSERT OR REPLACE INTO activities (id, name, kind, private, key, joined, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![info.id.to_hex(), info.name, info.kind, info.private, &info.key[..], joined, at],
+        ),
+        Record::Post(p) => conn.execute(
+            "INSERT OR IGNORE INTO posts (activity, sender, seq, first_pkt, frags, lamport, nick, bytes, body, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            rusqlite::params![
+                p.activity.to_hex(), &p.sender[..], p.seq as i64, p.first_pkt as i64, p.frags, p.lamport as i64,
+                p.nick, p.bytes, p.body, p.at_ms as i64
+            ],
+        ),
+        Record::Pin { nick, key } => conn.execute(
+            "INSERT OR IGNORE INTO pins (nick, key, first_ms) VALUES (?1, ?2, ?3)",
+            rusqlite::params![nick, &key[..], at],
+        ),
+    }
+    .map(|_| ())
+    .map_err(ctx)
+}
+
+fn key32(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| rusqlite::Error::InvalidQuery)
+}
+
+fn post_row(r: &rusqlite::Row) -> rusqlite::Result<Post> {
+    let activity: String = r.get(0)?;
+    Ok(Post {
+        activity: ActivityId::from_hex(&activity).ok_or(rusqlite::Error::InvalidQuery)?,
+        sender: key32(r.get(1)?)?,
+        seq: r.get::<_, i64>(2)? as u64,
+        first_pkt: r.get::<_, i64>(3)? as u64,
+        frags: r.get(4)?,
+        lamport: r.get::<_, i64>(5)? as u64,
+        nick: r.get(6)?,
+        bytes: r.get(7)?,
+        body: r.get(8)?,
+        at_ms: r.get::<_, i64>(9)? as u64,
+    })
+}
+
+const POST_COLUMNS: &str =
+    "activity, sender, seq, first_pkt, frags, lamport, nick, bytes, body, at_ms";
+
+impl Store {
     /// What a Node restarts from: every (sender, stanza id) received and kept. Legacy peers'
     /// local ids are left out: they are made up here and can never come again.
     pub fn restored(&self, now_ms: u64) -> Result<Restored, DaemonError> {
@@ -182,9 +315,133 @@ impl Store {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
             .map_err(ctx)?;
+        let seen = rows.collect::<Result<Vec<_>, _>>().map_err(ctx)?;
+        drop(st);
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: activities", e);
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, kind, private, key, joined FROM activities")
+            .map_err(ctx)?;
+        let activities = st
+            .query_map([], |r| {
+                let id: String = r.get(0)?;
+                let id = ActivityId::from_hex(&id).ok_or(rusqlite::Error::InvalidQuery)?;
+                let info = ActivityInfo::new(
+                    id,
+                    &r.get::<_, String>(1)?,
+                    &r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    key32(r.get(4)?)?,
+                );
+                Ok((info, r.get::<_, bool>(5)?))
+            })
+            .map_err(ctx)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
+        drop(st);
+        // Each sender's last post in each activity (posts are stored in per-sender order, so the
+        // highest seq is the head of an unbroken run).
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT activity, sender, seq, first_pkt + frags - 1, lamport FROM posts p
+                 WHERE seq = (SELECT MAX(seq) FROM posts q WHERE q.activity = p.activity AND q.sender = p.sender)",
+            )
+            .map_err(ctx)?;
+        let heads = st
+            .query_map([], |r| {
+                let id: String = r.get(0)?;
+                Ok((
+                    ActivityId::from_hex(&id).ok_or(rusqlite::Error::InvalidQuery)?,
+                    key32(r.get(1)?)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                    r.get::<_, i64>(4)? as u64,
+                ))
+            })
+            .map_err(ctx)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
+        drop(st);
+        let mut st = self
+            .conn
+            .prepare("SELECT nick, key FROM pins")
+            .map_err(ctx)?;
+        let pins = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, key32(r.get(1)?)?)))
+            .map_err(ctx)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
+        drop(st);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, activity_id, activity_name, activity_type, activity_group, activity_port, activity_key, activity_private
+                 FROM invitations WHERE activity_key != ''",
+            )
+            .map_err(ctx)?;
+        let invited = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Activity {
+                        id: r.get(1)?,
+                        name: r.get(2)?,
+                        kind: r.get(3)?,
+                        group: r.get(4)?,
+                        port: r.get(5)?,
+                        key: r.get(6)?,
+                        private: r.get(7)?,
+                    },
+                ))
+            })
+            .map_err(ctx)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
         Ok(Restored {
-            seen: rows.collect::<Result<Vec<_>, _>>().map_err(ctx)?,
+            seen,
+            activities: nbhd_proto::activity::Restored { activities, heads },
+            pins,
+            invited,
         })
+    }
+
+    /// Posts of `load.sender` in `load.activity` whose packets meet `load.first..=load.last`.
+    pub fn load(&self, load: &Load) -> Result<Vec<Post>, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: posts", e);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {POST_COLUMNS} FROM posts WHERE activity = ?1 AND sender = ?2
+                 AND first_pkt <= ?4 AND first_pkt + frags > ?3 ORDER BY seq"
+            ))
+            .map_err(ctx)?;
+        let rows = st
+            .query_map(
+                rusqlite::params![
+                    load.activity.to_hex(),
+                    &load.sender[..],
+                    load.first as i64,
+                    load.last as i64
+                ],
+                post_row,
+            )
+            .map_err(ctx)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(ctx)
+    }
+
+    /// An activity's log: every post, in the one order every member shows (Lamport time, then
+    /// sender, DESIGN.md §4.4).
+    pub fn log(&self, activity: &ActivityId) -> Result<Vec<Post>, DaemonError> {
+        let ctx = |e: rusqlite::Error| DaemonError::other("store: posts", e);
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {POST_COLUMNS} FROM posts WHERE activity = ?1 ORDER BY lamport, sender, seq"
+            ))
+            .map_err(ctx)?;
+        let rows = st.query_map([activity.to_hex()], post_row).map_err(ctx)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(ctx)
     }
 
     /// Invitations received, oldest first.

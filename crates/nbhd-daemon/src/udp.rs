@@ -89,6 +89,11 @@ impl UdpChannel {
         }
     }
 
+    /// Asks the kernel to hold up to `bytes` of unread datagrams (it may cap the request).
+    pub fn set_recv_buffer(&self, bytes: usize) {
+        let _ = self.fd.get_ref().set_recv_buffer_size(bytes);
+    }
+
     pub fn leave(&self, ifindex: u32) {
         let _ = self
             .fd

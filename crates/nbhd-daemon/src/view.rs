@@ -3,10 +3,15 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use nbhd_proto::activity::{MemberChange, Post, Summary};
 use nbhd_proto::node::{self, Peer};
 use nbhd_proto::paths::Diagnosis;
 
-use crate::contract::{ActivityRow, DoctorRow, Event, InvitationRow, PeerRow};
+use crate::contract::{
+    ActivityRow, ActivitySummary, DoctorRow, Event, InvitationRow, LogRow, PeerRow,
+};
 
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -21,7 +26,7 @@ pub fn ms(d: std::time::Duration) -> f64 {
 }
 
 /// `last_seen_ms` is how long ago we last heard any of the peer's records.
-pub fn peer(p: &Peer, now: Instant) -> PeerRow {
+pub fn peer(p: &Peer, now: Instant, impostor: bool) -> PeerRow {
     PeerRow {
         id: p.id.clone(),
         nick: p.nick.clone(),
@@ -32,6 +37,36 @@ pub fn peer(p: &Peer, now: Instant) -> PeerRow {
         msg: p.msg.clone(),
         legacy: p.legacy,
         last_seen_ms: now.saturating_duration_since(p.last_seen).as_millis() as u64,
+        impostor,
+    }
+}
+
+/// A post as `nbhd log` shows it: text, or bytes in base64.
+pub fn log_row(p: &Post) -> LogRow {
+    let (text, bytes) = if p.bytes {
+        (None, Some(STANDARD.encode(&p.body)))
+    } else {
+        (Some(String::from_utf8_lossy(&p.body).to_string()), None)
+    };
+    LogRow {
+        sender: URL_SAFE_NO_PAD.encode(p.sender),
+        nick: p.nick.clone(),
+        seq: p.seq,
+        lamport: p.lamport,
+        text,
+        bytes,
+        at: p.at_ms,
+    }
+}
+
+pub fn activity(s: &Summary) -> ActivitySummary {
+    ActivitySummary {
+        id: s.info.id.to_hex(),
+        name: s.info.name.clone(),
+        kind: s.info.kind.clone(),
+        members: s.members,
+        joined: s.joined,
+        private: s.info.private,
     }
 }
 
@@ -49,21 +84,44 @@ pub fn doctor(p: &Peer, d: &Diagnosis) -> DoctorRow {
     }
 }
 
-/// The event people follow for a Node event, if it is one they follow.
-pub fn event(e: &node::Event, now: Instant) -> Option<Event> {
+/// The event people follow for a Node event, if it is one they follow; `impostor` says which
+/// peers announce a nick first seen with another key.
+pub fn event(e: &node::Event, now: Instant, impostor: impl Fn(&str) -> bool) -> Option<Event> {
     let at = unix_ms();
     Some(match e {
         node::Event::PeerUp(p) => Event::PeerUp {
             at,
-            peer: peer(p, now),
+            peer: peer(p, now, impostor(&p.id)),
         },
         node::Event::PeerDown(p) => Event::PeerDown {
             at,
-            peer: peer(p, now),
+            peer: peer(p, now, impostor(&p.id)),
         },
         node::Event::PeerChanged(p) => Event::PeerChanged {
             at,
-            peer: peer(p, now),
+            peer: peer(p, now, impostor(&p.id)),
+        },
+        node::Event::Posted { post, .. } | node::Event::Entry(post) => Event::Post {
+            at,
+            activity: post.activity.to_hex(),
+            entry: log_row(post),
+        },
+        node::Event::Member {
+            activity,
+            peer,
+            nick,
+            change,
+        } => Event::Member {
+            at,
+            activity: activity.to_hex(),
+            peer: peer.clone(),
+            nick: nick.clone(),
+            change: match change {
+                MemberChange::Joined => "joined",
+                MemberChange::Left => "left",
+                MemberChange::Silent => "silent",
+            }
+            .into(),
         },
         node::Event::Message {
             from,
@@ -120,6 +178,7 @@ pub fn event(e: &node::Event, now: Instant) -> Option<Event> {
         | node::Event::Announced { .. }
         | node::Event::Delivered { .. }
         | node::Event::Failed { .. }
-        | node::Event::Dropped { .. } => return None,
+        | node::Event::Dropped { .. }
+        | node::Event::PostFailed { .. } => return None,
     })
 }

@@ -4,12 +4,15 @@
 
 mod print;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nbhd_daemon::contract::{DeliveryReply, Request, DEFAULT_TIMEOUT_S};
+use nbhd_daemon::contract::{
+    DeliveryReply, Event, LogReply, LogRow, Request, DEFAULT_TIMEOUT_S, MAX_POST,
+};
 use nbhd_daemon::control::Client;
 use nbhd_daemon::{DaemonError, DataDir, UpOptions};
 use serde::de::DeserializeOwned;
@@ -88,7 +91,8 @@ enum Command {
     Invite {
         /// A nick, an instance name or a prefix of a peer id
         peer: String,
-        /// The activity's name (carried as it is until shared activities exist)
+        /// An activity we share or joined (its id or name): the invitation carries what the
+        /// peer needs to join it, its key sealed to them. Anything else is sent as a name.
         activity: String,
         /// Give up (on every path) after this many seconds
         #[arg(long, value_name = "S", default_value_t = DEFAULT_TIMEOUT_S)]
@@ -96,6 +100,63 @@ enum Command {
     },
     /// Invitations received, each once
     Invitations,
+    /// Start a shared activity, with you its first member
+    #[command(
+        long_about = "Start a shared activity: a log of posts that every member holds in the \
+        same order, carried by reliable multicast (repairs come from any member, so a member whose \
+        unicast is broken still gets everything). Prints its id.\n\n\
+        A public activity is advertised to everyone around (nbhd activities lists it; anyone may \
+        join). A --private one is never advertised and its posts are encrypted: only those you \
+        invite (nbhd invite PEER ACTIVITY) get its key.\n\n\
+        Example: nbhd share chess --type game; nbhd post chess 'e4'"
+    )]
+    Share {
+        /// Its name (1 to 100 bytes)
+        name: String,
+        /// Not advertised, posts encrypted; members join by invitation only
+        #[arg(long)]
+        private: bool,
+        /// What kind of activity it is, for the applications that show it
+        #[arg(long = "type", value_name = "TYPE", default_value = "activity")]
+        kind: String,
+    },
+    /// Activities we know: shared, joined, advertised around us, or invited to
+    Activities,
+    /// Join an activity; its whole history arrives from the members
+    Join {
+        /// Its id, its name, or the id of an invitation to it (nbhd invitations)
+        activity: String,
+    },
+    /// Leave an activity (its log stays in the store)
+    Leave {
+        /// Its id or name
+        activity: String,
+    },
+    /// Post to an activity you are a member of; exits 0 once the post is stored
+    #[command(
+        long_about = "Post to an activity you are a member of. Exits 0 once the post is in \
+        the local store: from there it reaches every member, across losses and restarts (a \
+        member that misses it asks again; a new member gets it with the history). A post is at \
+        most 1 MiB; a bigger one is a usage error (exit 2)."
+    )]
+    Post {
+        /// Its id or name
+        activity: String,
+        /// The text to post
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// Post this file's bytes instead (at most 1 MiB)
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// An activity's posts, in the one order every member shows
+    Log {
+        /// Its id or name, or the id of an invitation to it
+        activity: String,
+        /// Keep printing posts as they arrive, until interrupted
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// 1:1 messages sent and received, oldest first (kept in the store: nothing is lost while
     /// nobody watches `nbhd events`)
     Messages {
@@ -201,6 +262,48 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             },
             json,
         ),
+        Command::Share {
+            name,
+            private,
+            kind,
+        } => query(
+            &dir,
+            Request::Share {
+                name,
+                private,
+                kind,
+            },
+            json,
+            |r| print::share(&r),
+        ),
+        Command::Activities => query(&dir, Request::Activities, json, print::activities),
+        Command::Join { activity } => query(&dir, Request::Join { activity }, json, |r| {
+            print::membership(&r)
+        }),
+        Command::Leave { activity } => query(&dir, Request::Leave { activity }, json, |r| {
+            print::membership(&r)
+        }),
+        Command::Post {
+            activity,
+            text,
+            file,
+        } => {
+            let bytes = match file {
+                Some(f) => Some(read_post_file(&f)?),
+                None => None,
+            };
+            query(
+                &dir,
+                Request::Post {
+                    activity,
+                    text,
+                    bytes,
+                },
+                json,
+                |r| print::posted(&r),
+            )
+        }
+        Command::Log { activity, follow } => log(&dir, activity, follow, json),
         Command::Events => Client::connect(&dir)?.follow(|ev| {
             let line = if json {
                 serde_json::to_string(&ev).unwrap_or_default()
@@ -260,6 +363,78 @@ fn deliver(dir: &DataDir, request: Request, json: bool) -> Result<(), DaemonErro
             "not delivered: no receipt before the timeout (see nbhd doctor)".into(),
         ))
     }
+}
+
+/// A file to post, base64 for the contract; over 1 MiB is a usage error before anything is sent.
+fn read_post_file(path: &Path) -> Result<String, DaemonError> {
+    use base64::Engine as _;
+    let cannot =
+        |e: std::io::Error| DaemonError::Usage(format!("cannot read {}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(cannot)?.len();
+    if len > MAX_POST as u64 {
+        return Err(DaemonError::Usage(format!(
+            "{} is {len} bytes; a post is at most {MAX_POST} bytes (1 MiB)",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(cannot)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// `nbhd log [--follow]`: the stored log, then (following) each post that arrives after it.
+/// The events are subscribed to before the log is read, so nothing falls between the two; a
+/// post in both is printed once.
+fn log(dir: &DataDir, activity: String, follow: bool, json: bool) -> Result<(), DaemonError> {
+    let request = Request::Log { activity };
+    request
+        .validate()
+        .map_err(|e| DaemonError::Usage(e.error))?;
+    let mut events = if follow {
+        let mut c = Client::connect(dir)?;
+        c.subscribe()?;
+        Some(c)
+    } else {
+        None
+    };
+    let v = Client::connect(dir)?.call(&request)?;
+    let log: LogReply = serde_json::from_value(v.clone())
+        .map_err(|e| DaemonError::other("the daemon's reply does not match this nbhd", e))?;
+    let Some(events) = events.as_mut() else {
+        if json {
+            print::json(&v);
+        } else {
+            print::log(&log);
+        }
+        return Ok(());
+    };
+    // Following: one post per line (with --json, one LogRow object per line, like
+    // `nbhd events --json`).
+    let mut seen: HashSet<(String, u64)> = HashSet::new();
+    let mut show = |row: &LogRow| {
+        if !seen.insert((row.sender.clone(), row.seq)) {
+            return true;
+        }
+        if json {
+            print::line(&serde_json::to_string(row).unwrap_or_default())
+        } else {
+            print::line(&print::log_line(row))
+        }
+    };
+    for row in &log.posts {
+        show(row);
+    }
+    events.each_event(|ev| match ev {
+        Event::Post {
+            activity, entry, ..
+        } if activity == log.id => show(&entry),
+        Event::Lagged { missed } => {
+            eprintln!(
+                "nbhd: {missed} events were missed (this reader was too slow); `nbhd log` shows every post"
+            );
+            true
+        }
+        _ => true,
+    })
 }
 
 fn trace(

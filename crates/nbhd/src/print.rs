@@ -5,7 +5,8 @@
 use std::io::Write;
 
 use nbhd_daemon::contract::{
-    DeliveryReply, DoctorRow, Event, InvitationRow, MessageRow, PeerRow, StatsReply, StatusReply,
+    ActivitySummary, DeliveryReply, DoctorRow, Event, InvitationRow, LogReply, LogRow,
+    MembershipReply, MessageRow, PeerRow, PostReply, ShareReply, StatsReply, StatusReply,
 };
 use nbhd_daemon::DataDir;
 use serde_json::Value;
@@ -74,10 +75,11 @@ pub fn peers(rows: Vec<PeerRow>) {
                 format!("{}:{}", p.addrs.join(","), p.port),
                 p.status.clone(),
                 format!("{}s ago", p.last_seen_ms / 1000),
-                if p.legacy {
-                    "legacy XEP-0174".into()
-                } else {
-                    short(&p.id)
+                match (p.legacy, p.impostor) {
+                    (true, _) => "legacy XEP-0174".into(),
+                    // Trust on first use: the nick was first seen with another key.
+                    (false, true) => format!("{} IMPOSTOR?", short(&p.id)),
+                    (false, false) => short(&p.id),
                 },
             ]
         })
@@ -117,11 +119,12 @@ pub fn invitations(rows: Vec<InvitationRow>) {
             .map(|by| format!(", relayed by {}", short(&by)))
             .unwrap_or_default();
         line(&format!(
-            "{}  from {} ({})  via {}{relayed}",
+            "{}  from {} ({})  via {}{relayed}  id {}",
             r.activity.name,
             r.from_nick,
             short(&r.from),
-            r.via
+            r.via,
+            r.id
         ));
     }
 }
@@ -194,6 +197,75 @@ pub fn doctor(rows: Vec<DoctorRow>) {
     }
 }
 
+pub fn share(r: &ShareReply) {
+    line(&format!(
+        "shared {} {:?} ({}{}) on {}",
+        r.id,
+        r.name,
+        r.kind,
+        if r.private { ", private" } else { "" },
+        r.group
+    ));
+}
+
+pub fn activities(rows: Vec<ActivitySummary>) {
+    if rows.is_empty() {
+        line("no activities: start one with nbhd share NAME");
+        return;
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.kind.clone(),
+                a.members.to_string(),
+                match (a.joined, a.private) {
+                    (true, true) => "member, private",
+                    (true, false) => "member",
+                    (false, true) => "invited, private",
+                    (false, false) => "-",
+                }
+                .into(),
+                a.id.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "TYPE", "MEMBERS", "YOU", "ID"], &cells);
+}
+
+pub fn membership(r: &MembershipReply) {
+    let verb = if r.joined { "joined" } else { "left" };
+    line(&format!("{verb} {:?} ({})", r.name, r.id));
+}
+
+pub fn posted(r: &PostReply) {
+    line(&format!("posted #{} to {}", r.seq, r.id));
+}
+
+pub fn log(r: &LogReply) {
+    if r.posts.is_empty() {
+        line(&format!("no posts in {:?} yet", r.name));
+    }
+    for p in &r.posts {
+        if !line(&log_line(p)) {
+            return;
+        }
+    }
+}
+
+/// One post: `nick: text`, or a bytes post's size.
+pub fn log_line(p: &LogRow) -> String {
+    match (&p.text, &p.bytes) {
+        (Some(t), _) => format!("{}: {t}", p.nick),
+        (None, Some(b)) => {
+            let padding = b.bytes().rev().take_while(|c| *c == b'=').count();
+            format!("{}: [{} bytes]", p.nick, b.len() / 4 * 3 - padding)
+        }
+        (None, None) => format!("{}: [empty]", p.nick),
+    }
+}
+
 /// One event, for people: every kind has its line.
 pub fn event(ev: &Event) -> String {
     let peer = |kind: &str, p: &PeerRow| {
@@ -246,6 +318,15 @@ pub fn event(ev: &Event) -> String {
                 "path-changed"
             )
         }
+        Event::Post {
+            activity, entry, ..
+        } => format!("{:<13} in {}: {}", "post", short(activity), log_line(entry)),
+        Event::Member {
+            activity,
+            nick,
+            change,
+            ..
+        } => format!("{:<13} {nick} {change} {}", "member", short(activity)),
         Event::Lagged { missed } => {
             format!(
                 "{:<13} {missed} events were missed (this reader was too slow)",

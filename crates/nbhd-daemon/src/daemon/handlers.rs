@@ -4,12 +4,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use nbhd_proto::node::{Command, CommandError};
+use nbhd_proto::node::{ActivityId, Command, CommandError, Outcome};
 
 use super::Daemon;
 use crate::contract::{
-    ChannelStats, DropCounts, ErrorReply, IfaceRow, MdnsStats, Reply, Request, StatsReply,
-    StatusReply,
+    post_body, ActivityStats, ChannelStats, DropCounts, ErrorReply, IfaceRow, LogReply, MdnsStats,
+    MembershipReply, Reply, Request, ShareReply, StatsReply, StatusReply,
 };
 use crate::control::Pending;
 use crate::view;
@@ -26,6 +26,9 @@ impl Daemon {
             Handled::When(id) => {
                 self.waiting.insert(id, p.reply);
             }
+            Handled::WhenPosted(activity, request) => {
+                self.waiting_posts.insert((activity, request), p.reply);
+            }
         }
     }
 
@@ -35,9 +38,14 @@ impl Daemon {
             return Handled::Now(Err(e));
         }
         let reply = match request {
-            Request::Peers => Reply::Peers(self.node.peers().map(|p| view::peer(p, now)).collect()),
+            Request::Peers => Reply::Peers(
+                self.node
+                    .peers()
+                    .map(|p| view::peer(p, now, self.node.is_impostor(&p.id)))
+                    .collect(),
+            ),
             Request::Status => Reply::Status(self.status(now)),
-            Request::Stats => Reply::Stats(self.stats()),
+            Request::Stats => Reply::Stats(Box::new(self.stats())),
             Request::Doctor => Reply::Doctor(
                 self.node
                     .doctor(now)
@@ -75,6 +83,81 @@ impl Daemon {
                     timeout,
                 })
             }
+            Request::Share {
+                name,
+                private,
+                kind,
+            } => {
+                let outcome = self.node.handle_command(
+                    now,
+                    Command::Share {
+                        name,
+                        kind,
+                        private,
+                    },
+                );
+                match outcome {
+                    Ok(Outcome::Activity { info, .. }) => Reply::Share(ShareReply {
+                        id: info.id.to_hex(),
+                        name: info.name,
+                        kind: info.kind,
+                        group: format!("{}:{}", info.group, info.port),
+                        private: info.private,
+                    }),
+                    Ok(_) => unreachable!("Share answers with its activity"),
+                    Err(e) => return Handled::Now(Err(command_error(e))),
+                }
+            }
+            Request::Activities => Reply::Activities(
+                self.node
+                    .activities(now)
+                    .iter()
+                    .map(view::activity)
+                    .collect(),
+            ),
+            Request::Join { activity } => {
+                return self.membership(Command::Join { activity });
+            }
+            Request::Leave { activity } => {
+                return self.membership(Command::Leave { activity });
+            }
+            Request::Post {
+                activity,
+                text,
+                bytes,
+            } => {
+                let (body, bytes) = match post_body(&text, &bytes) {
+                    Ok(b) => b,
+                    Err(e) => return Handled::Now(Err(e)),
+                };
+                let cmd = Command::Post {
+                    activity,
+                    body,
+                    bytes,
+                    at_ms: view::unix_ms(),
+                };
+                return match self.node.handle_command(now, cmd) {
+                    Ok(Outcome::Posting { activity, request }) => {
+                        Handled::WhenPosted(activity, request)
+                    }
+                    Ok(_) => unreachable!("Post answers with its request"),
+                    Err(e) => Handled::Now(Err(command_error(e))),
+                };
+            }
+            Request::Log { activity } => {
+                let info = match self.node.resolve_activity(&activity) {
+                    Ok(i) => i,
+                    Err(e) => return Handled::Now(Err(command_error(e))),
+                };
+                match self.store.log(&info.id) {
+                    Ok(posts) => Reply::Log(LogReply {
+                        id: info.id.to_hex(),
+                        name: info.name,
+                        posts: posts.iter().map(view::log_row).collect(),
+                    }),
+                    Err(e) => return Handled::Now(Err(ErrorReply::not_found(e.to_string()))),
+                }
+            }
             // The control socket follows events itself; this one came by another way.
             Request::Events => {
                 return Handled::Now(Err(ErrorReply::usage(
@@ -98,7 +181,23 @@ impl Daemon {
                 .handle_command(Instant::now(), command(p, timeout))
         });
         match started {
-            Ok(id) => Handled::When(id),
+            Ok(Outcome::Delivery(id)) => Handled::When(id),
+            Ok(_) => unreachable!("a delivery answers with its id"),
+            Err(e) => Handled::Now(Err(command_error(e))),
+        }
+    }
+
+    /// `nbhd join` / `nbhd leave`: done at once.
+    fn membership(&mut self, cmd: Command) -> Handled {
+        match self.node.handle_command(Instant::now(), cmd) {
+            Ok(Outcome::Activity { info, joined }) => {
+                Handled::Now(Ok(Reply::Membership(MembershipReply {
+                    id: info.id.to_hex(),
+                    name: info.name,
+                    joined,
+                })))
+            }
+            Ok(_) => unreachable!("join and leave answer with the activity"),
             Err(e) => Handled::Now(Err(command_error(e))),
         }
     }
@@ -214,6 +313,44 @@ impl Daemon {
             ),
             courier: channel(Channel::Courier),
             probe: channel(Channel::Probe),
+            activity: {
+                let is_activity = |c: &Channel| matches!(c, Channel::Activity(_));
+                let mut dropped: std::collections::BTreeMap<String, u64> = s
+                    .activity
+                    .dropped
+                    .iter()
+                    .map(|(r, n)| (r.as_str().to_string(), *n))
+                    .collect();
+                for ((c, r), n) in &s.dropped {
+                    if is_activity(c) {
+                        *dropped.entry(r.as_str().to_string()).or_default() += n;
+                    }
+                }
+                let a = &s.activity;
+                ActivityStats {
+                    packets_in: s
+                        .datagrams_in
+                        .iter()
+                        .filter(|(c, _)| is_activity(c))
+                        .map(|(_, n)| n)
+                        .sum(),
+                    frames_in: a.frames_in,
+                    frames_out: a.frames_out,
+                    data_out: a.data_out,
+                    repairs_out: a.repairs_out,
+                    nacks_out: a.nacks_out,
+                    sessions_out: a.sessions_out,
+                    duplicates: a.duplicates,
+                    send_errors: self
+                        .stats
+                        .send_errors
+                        .iter()
+                        .filter(|(c, _)| is_activity(c))
+                        .map(|(_, n)| n)
+                        .sum(),
+                    drops: DropCounts::new(dropped),
+                }
+            },
             peers: self.node.peers().count(),
         }
     }
@@ -225,11 +362,13 @@ enum Handled {
     Now(Result<Reply, ErrorReply>),
     /// The reply waits for this delivery's end.
     When(String),
+    /// The reply waits for this post's store write.
+    WhenPosted(ActivityId, u64),
 }
 
 fn command_error(e: CommandError) -> ErrorReply {
     match e {
-        CommandError::EmptyPeer => ErrorReply::usage(e.to_string()),
+        CommandError::EmptyPeer | CommandError::Usage(_) => ErrorReply::usage(e.to_string()),
         _ => ErrorReply::not_found(e.to_string()),
     }
 }

@@ -9,12 +9,14 @@ mod handlers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nbhd_proto::activity::ChannelChange;
 use nbhd_proto::messages::streams::STREAM_END_WAIT;
 use nbhd_proto::node::{
-    self, Channel, Config, Destination, IfaceId, Node, SendError, StreamInput, COURIER_GROUP,
-    COURIER_PORT,
+    self, ActivityId, Channel, Config, Destination, IfaceId, Node, SendError, StreamInput,
+    COURIER_GROUP, COURIER_PORT,
 };
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -54,8 +56,26 @@ struct DriverStats {
     send_errors: BTreeMap<Channel, u64>,
 }
 
-/// A control request waiting for its delivery to end.
+/// A control request waiting for its delivery (or its post's store write) to end.
 type Waiting = oneshot::Sender<Result<Reply, ErrorReply>>;
+
+/// A datagram an activity's socket task received.
+struct ActivityDatagram {
+    id: ActivityId,
+    ifindex: u32,
+    src: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// An activity's own socket, bound to its group's port and joined to its group, read by a task
+/// of its own (so a busy activity cannot starve the loop's other inputs).
+struct ActivitySocket {
+    socket: Arc<UdpChannel>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// What an activity's socket may hold unread: bursts of repairs arrive faster than any loop.
+const ACTIVITY_RCVBUF: usize = 4 << 20;
 
 struct Daemon {
     node: Node,
@@ -68,6 +88,9 @@ struct Daemon {
     ifaces: BTreeMap<u32, Iface>,
     wanted_ifaces: Vec<String>,
     waiting: HashMap<String, Waiting>,
+    waiting_posts: HashMap<(ActivityId, u64), Waiting>,
+    activity_sockets: HashMap<ActivityId, ActivitySocket>,
+    activity_tx: mpsc::Sender<ActivityDatagram>,
     events: broadcast::Sender<Event>,
     stats: DriverStats,
     api_url: String,
@@ -156,7 +179,8 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         started,
     );
     let (net_tx, mut net_rx) = mpsc::unbounded_channel::<NetEvent>();
-    let (events_tx, _) = broadcast::channel(1024);
+    let (activity_tx, mut activity_rx) = mpsc::channel::<ActivityDatagram>(4096);
+    let (events_tx, _) = broadcast::channel(4096);
     let mut d = Daemon {
         node,
         mdns,
@@ -167,6 +191,9 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         ifaces: BTreeMap::new(),
         wanted_ifaces: opts.ifaces.clone(),
         waiting: HashMap::new(),
+        waiting_posts: HashMap::new(),
+        activity_sockets: HashMap::new(),
+        activity_tx,
         events: events_tx.clone(),
         stats: DriverStats::default(),
         api_url: api_url.clone(),
@@ -214,6 +241,13 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
             r = d.courier.recv(&mut cbuf) => d.on_datagram(Channel::Courier, &cbuf[..], r),
             r = d.probe.recv(&mut pbuf) => d.on_datagram(Channel::Probe, &pbuf[..], r),
             Some(ev) = net_rx.recv() => d.on_net(ev),
+            Some(dg) = activity_rx.recv() => d.node.handle_datagram(
+                Instant::now(),
+                Channel::Activity(dg.id),
+                IfaceId(dg.ifindex),
+                dg.src,
+                &dg.bytes,
+            ),
             _ = sleep_until(wake) => d.node.handle_timeout(Instant::now()),
             Some(p) = req_rx.recv() => d.on_request(p),
             _ = iface_poll.tick() => match ifaces::select(&d.wanted_ifaces) {
@@ -282,6 +316,9 @@ impl Daemon {
                 tracing::info!(iface = %i.name, "interface gone");
                 self.mdns.leave(*idx);
                 self.courier.leave(*idx);
+                for a in self.activity_sockets.values() {
+                    a.socket.leave(*idx);
+                }
             }
         }
         let mut served = BTreeMap::new();
@@ -293,6 +330,11 @@ impl Daemon {
                 }
                 if let Err(e) = self.courier.join(idx) {
                     tracing::warn!(iface = %i.name, "cannot join the courier group: {e}");
+                }
+                for a in self.activity_sockets.values() {
+                    if let Err(e) = a.socket.join(idx) {
+                        tracing::warn!(iface = %i.name, "cannot join an activity's group: {e}");
+                    }
                 }
                 tracing::info!(iface = %i.name, addrs = ?i.addrs, "serving interface");
             }
@@ -369,20 +411,41 @@ impl Daemon {
                 busy = true;
                 self.streams.act(a);
             }
+            // Every write the Node asked for now, in one transaction (a group commit), then
+            // each confirmed: nothing counts before its commit.
+            let mut writes = Vec::new();
             while let Some(w) = self.node.poll_store() {
+                writes.push(w);
+            }
+            if !writes.is_empty() {
                 busy = true;
-                let now = Instant::now();
-                match self
+                let records: Vec<&node::Record> = writes.iter().map(|w| &w.record).collect();
+                let results = self
                     .store
-                    .apply(&self.node.id(), &w.record, view::unix_ms())
-                {
-                    Ok(()) => self.node.handle_persisted(now, w.token),
-                    Err(e) => {
-                        tracing::error!("store write failed: {e}");
-                        self.node
-                            .handle_persist_failed(now, w.token, &e.to_string());
+                    .apply_all(&self.node.id(), &records, view::unix_ms());
+                let now = Instant::now();
+                for (w, r) in writes.iter().zip(results) {
+                    match r {
+                        Ok(()) => self.node.handle_persisted(now, w.token),
+                        Err(e) => {
+                            tracing::error!("store write failed: {e}");
+                            self.node
+                                .handle_persist_failed(now, w.token, &e.to_string());
+                        }
                     }
                 }
+            }
+            while let Some((token, load)) = self.node.poll_load() {
+                busy = true;
+                let posts = self.store.load(&load).unwrap_or_else(|e| {
+                    tracing::error!("reading posts back: {e}");
+                    Vec::new()
+                });
+                self.node.handle_loaded(Instant::now(), token, posts);
+            }
+            while let Some(c) = self.node.poll_channel() {
+                busy = true;
+                self.on_channel(c);
             }
             while let Some(e) = self.node.poll_event() {
                 busy = true;
@@ -394,11 +457,73 @@ impl Daemon {
         }
     }
 
+    /// Opens an activity's socket (bound to its group's port, joined on every interface we
+    /// serve, read by a task of its own), or closes it.
+    fn on_channel(&mut self, c: ChannelChange) {
+        match c {
+            ChannelChange::Open { id, group, port } => {
+                if self.activity_sockets.contains_key(&id) {
+                    return;
+                }
+                let socket = match UdpChannel::group(group, port) {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        tracing::error!(activity = %id, %group, port, "cannot open the activity's socket: {e}");
+                        return;
+                    }
+                };
+                socket.set_recv_buffer(ACTIVITY_RCVBUF);
+                for idx in self.ifaces.keys() {
+                    if let Err(e) = socket.join(*idx) {
+                        tracing::warn!(activity = %id, "cannot join the activity's group: {e}");
+                    }
+                }
+                let (reader_socket, tx) = (socket.clone(), self.activity_tx.clone());
+                let reader = tokio::spawn(async move {
+                    let mut buf = udp::new_buffer();
+                    loop {
+                        let Ok(rx) = reader_socket.recv(&mut buf).await else {
+                            continue;
+                        };
+                        if rx.truncated {
+                            continue;
+                        }
+                        let dg = ActivityDatagram {
+                            id,
+                            ifindex: rx.ifindex,
+                            src: rx.src,
+                            bytes: buf[..rx.len].to_vec(),
+                        };
+                        if tx.send(dg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tracing::info!(activity = %id, %group, port, "activity channel open");
+                self.activity_sockets
+                    .insert(id, ActivitySocket { socket, reader });
+            }
+            ChannelChange::Close { id } => {
+                if let Some(a) = self.activity_sockets.remove(&id) {
+                    a.reader.abort();
+                    for idx in self.ifaces.keys() {
+                        a.socket.leave(*idx);
+                    }
+                    tracing::info!(activity = %id, "activity channel closed");
+                }
+            }
+        }
+    }
+
     fn send(&mut self, t: node::Transmit) {
         let socket = match t.channel {
             Channel::Mdns => &self.mdns,
             Channel::Courier => &self.courier,
             Channel::Probe => &self.probe,
+            Channel::Activity(id) => match self.activity_sockets.get(&id) {
+                Some(a) => &*a.socket,
+                None => return,
+            },
         };
         let results: Vec<(SocketAddr, std::io::Result<()>)> = match t.destination {
             Destination::Multicast => {
@@ -498,8 +623,39 @@ impl Daemon {
                     tracing::warn!(source, %from, %reason, count, "dropped: {detail}");
                 }
             }
+            node::Event::Posted { request, post } => {
+                tracing::debug!(activity = %post.activity, seq = post.seq, "posted");
+                if let Some(w) = self.waiting_posts.remove(&(post.activity, *request)) {
+                    let _ = w.send(Ok(Reply::Posted(crate::contract::PostReply {
+                        id: post.activity.to_hex(),
+                        seq: post.seq,
+                    })));
+                }
+            }
+            node::Event::PostFailed {
+                activity,
+                request,
+                why,
+            } => {
+                tracing::error!(%activity, "a post could not be stored: {why}");
+                if let Some(w) = self.waiting_posts.remove(&(*activity, *request)) {
+                    let _ = w.send(Err(ErrorReply::not_found(format!(
+                        "the post could not be stored ({why}): it was not sent"
+                    ))));
+                }
+            }
+            node::Event::Entry(post) => {
+                tracing::debug!(activity = %post.activity, nick = %post.nick, seq = post.seq, "post received")
+            }
+            node::Event::Member {
+                activity,
+                nick,
+                change,
+                ..
+            } => tracing::info!(%activity, %nick, ?change, "member"),
         }
-        if let Some(ev) = view::event(&e, Instant::now()) {
+        let node = &self.node;
+        if let Some(ev) = view::event(&e, Instant::now(), |id| node.is_impostor(id)) {
             let _ = self.events.send(ev);
         }
     }

@@ -36,8 +36,16 @@ pub const NACK_DELAY_MS: (u64, u64) = (2, 10);
 pub const NACK_RTO_FIRST: Duration = Duration::from_millis(30);
 /// ... up to this.
 pub const NACK_RTO_MAX: Duration = Duration::from_millis(500);
-/// A member holding a packet someone misses repairs it after this (its sender at once).
-pub const REPAIR_DELAY_MS: (u64, u64) = (1, 8);
+/// A member holding a packet someone misses repairs it after a while. Its poster repairs at
+/// once; the others wait this long when the poster is a member (long enough to hear its
+/// burst, even on a slow machine, and stay quiet: they answer for what they did not hear) ...
+pub const REPAIR_DELAY_MS: (u64, u64) = (50, 100);
+/// ... and this long when it is not (it left, or was never heard: a late joiner's history).
+pub const REPAIR_DELAY_ORPHAN_MS: (u64, u64) = (5, 20);
+/// A packet sent (or heard sent) this recently is not sent again for a NACK: the NACK was
+/// sent before the packet arrived. Shorter than [`NACK_RTO_FIRST`], so a NACK repeated
+/// because the repair was lost is answered.
+pub const REPAIR_HOLDOFF: Duration = Duration::from_millis(20);
 /// After something changed, session messages go this long after it, and again ...
 pub const SESSION_QUICK: [Duration; 3] = [
     Duration::from_millis(20),
@@ -60,14 +68,19 @@ pub const MAX_CACHE: usize = 8192;
 pub const MAX_REPAIRS_PER_NACK: usize = 256;
 /// Senders and members tracked per activity.
 pub const MAX_SENDERS: usize = 4096;
+/// Posts of one sender handed to the store and not yet confirmed.
+pub const MAX_STORING: u64 = 256;
 
 #[derive(Clone, Debug, Default)]
 struct Sender {
     /// Highest packet (and post) stored, in order.
     stored: u64,
     stored_post: u64,
-    /// A post of this sender handed to the store, not yet confirmed.
-    storing: Option<u64>,
+    /// Highest packet (and post) handed to the store: complete posts go to the store in order
+    /// without waiting for the one before to be confirmed (confirmations come in order too),
+    /// at most [`MAX_STORING`] at a time.
+    handed: u64,
+    handed_post: u64,
     /// Highest packet known to exist.
     known: u64,
     /// Received, not yet stored (a gap before them, or a post not complete).
@@ -79,7 +92,12 @@ struct Sender {
 impl Sender {
     /// The next packet we need in order.
     fn next(&self) -> u64 {
-        self.stored + 1
+        self.handed + 1
+    }
+
+    /// Posts handed to the store, not yet confirmed.
+    fn storing(&self) -> u64 {
+        self.handed_post - self.stored_post
     }
 }
 
@@ -122,6 +140,9 @@ pub(crate) struct Group {
     loading: BTreeSet<([u8; 32], u64)>,
     cache: BTreeMap<([u8; 32], u64), Data>,
     cache_order: VecDeque<([u8; 32], u64)>,
+    /// Packets sent or heard lately, and when: see [`REPAIR_HOLDOFF`].
+    recent: BTreeMap<([u8; 32], u64), Instant>,
+    recent_order: VecDeque<(Instant, ([u8; 32], u64))>,
     session_at: Option<Instant>,
     quick_left: usize,
     last_sent: Instant,
@@ -146,6 +167,8 @@ impl Group {
             loading: BTreeSet::new(),
             cache: BTreeMap::new(),
             cache_order: VecDeque::new(),
+            recent: BTreeMap::new(),
+            recent_order: VecDeque::new(),
             session_at: None,
             quick_left: 0,
             last_sent: now,
@@ -163,6 +186,8 @@ impl Group {
             let s = self.senders.entry(sender).or_default();
             s.stored = s.stored.max(last_pkt);
             s.stored_post = s.stored_post.max(seq);
+            s.handed = s.stored;
+            s.handed_post = s.stored_post;
             s.known = s.known.max(last_pkt);
             s.nack_rto = NACK_RTO_FIRST;
         }
@@ -179,10 +204,16 @@ impl Group {
     }
 
     fn send(&mut self, out: &mut Out, body: Body) {
+        self.send_as(out, self.me, body)
+    }
+
+    /// A frame under `sender`'s name: ours, or (a repair) the poster's, whoever resends it,
+    /// since a packet is known by its poster and number.
+    fn send_as(&mut self, out: &mut Out, sender: [u8; 32], body: Body) {
         let nonce: [u8; 24] = out.rng.gen();
         let repr = wire::Repr {
             activity: self.info.id,
-            sender: self.me,
+            sender,
             body,
         };
         match repr.emit(&self.info.key, &nonce) {
@@ -331,6 +362,7 @@ impl Group {
                     self.lamport = self.lamport.max(post.lamport);
                     for d in fragments(&post, false) {
                         self.remember(d.clone(), self.me);
+                        self.note_sent(now, (self.me, d.pkt));
                         out.stats.data_out += 1;
                         self.send(out, Body::Data(d));
                     }
@@ -348,27 +380,31 @@ impl Group {
             }
             Some(Pending::Received(post)) => {
                 let sender = post.sender;
-                if let Some(s) = self.senders.get_mut(&sender) {
-                    s.storing = None;
-                    if ok {
-                        s.stored = post.first_pkt + u64::from(post.frags) - 1;
-                        s.stored_post = post.seq;
-                    } else {
-                        // Not stored: not counted. Its packets are asked for again.
-                        s.nack_at.get_or_insert(now);
-                    }
-                }
-                if ok {
-                    self.lamport = self.lamport.max(post.lamport);
-                    out.events.push_back(Event::Received(post));
-                    self.changed(now);
-                } else {
-                    self.drop_input(
+                let Some(s) = self.senders.get_mut(&sender) else {
+                    return;
+                };
+                if !ok {
+                    // Not stored: not counted. Its packets, and those of the posts handed
+                    // after it, are asked for again.
+                    s.handed = s.stored;
+                    s.handed_post = s.stored_post;
+                    s.nack_at.get_or_insert(now);
+                    return self.drop_input(
                         out,
                         DropReason::StoreFailed,
                         format!("post {} of a member not stored ({why})", post.seq),
                     );
                 }
+                // Counted in order only: a post handed after one whose write failed comes
+                // again (and is stored again, idempotently).
+                if post.first_pkt != s.stored + 1 {
+                    return;
+                }
+                s.stored = post.first_pkt + u64::from(post.frags) - 1;
+                s.stored_post = post.seq;
+                self.lamport = self.lamport.max(post.lamport);
+                out.events.push_back(Event::Received(post));
+                self.changed(now);
                 self.advance(now, out, sender);
             }
             Some(Pending::Activity) | None => {}
@@ -395,7 +431,9 @@ impl Group {
             Body::Join { nick } => Some(nick.clone()),
             _ => None,
         };
-        if !self.touch(now, out, r.sender, nick, matches!(r.body, Body::Leave)) {
+        // A repair speaks for its poster, who may be long gone: it says nothing of who is here.
+        let repair = matches!(&r.body, Body::Data(d) if d.repair);
+        if !repair && !self.touch(now, out, r.sender, nick, matches!(r.body, Body::Leave)) {
             return;
         }
         match r.body {
@@ -464,6 +502,22 @@ impl Group {
         true
     }
 
+    /// Notes that packet `key` was just sent (by us or another member), forgetting what is
+    /// older than [`REPAIR_HOLDOFF`].
+    fn note_sent(&mut self, now: Instant, key: ([u8; 32], u64)) {
+        while let Some((t, k)) = self.recent_order.front() {
+            if *t + REPAIR_HOLDOFF > now && self.recent_order.len() < MAX_CACHE {
+                break;
+            }
+            if self.recent.get(k) == Some(t) {
+                self.recent.remove(k);
+            }
+            self.recent_order.pop_front();
+        }
+        self.recent.insert(key, now);
+        self.recent_order.push_back((now, key));
+    }
+
     /// Keeps a packet to repair it for others later.
     fn remember(&mut self, d: Data, sender: [u8; 32]) {
         let key = (sender, d.pkt);
@@ -478,9 +532,11 @@ impl Group {
     }
 
     fn on_data(&mut self, now: Instant, out: &mut Out, sender: [u8; 32], d: Data) {
-        // Someone sent it: our own repair of it is not needed.
+        // Someone sent it: our own repair of it is not needed, nor one for a NACK sent before
+        // it arrived.
         self.repairs.remove(&(sender, d.pkt));
         self.loading.remove(&(sender, d.pkt));
+        self.note_sent(now, (sender, d.pkt));
         if !self.senders.contains_key(&sender) && self.senders.len() >= MAX_SENDERS {
             return self.drop_input(
                 out,
@@ -492,7 +548,7 @@ impl Group {
             nack_rto: NACK_RTO_FIRST,
             ..Sender::default()
         });
-        if d.pkt <= s.stored || s.buffer.contains_key(&d.pkt) {
+        if d.pkt <= s.handed || s.buffer.contains_key(&d.pkt) {
             // A copy (a repair for someone else, or a replay): already held.
             out.stats.duplicates += 1;
             return;
@@ -505,36 +561,50 @@ impl Group {
             );
         }
         s.known = s.known.max(d.pkt);
-        // Progress: NACKs for this sender start from a short wait again.
+        // Progress: NACKs for this sender start from a short wait again. While the repairs we
+        // asked for are still arriving, asking again would only bring them twice (a late
+        // joiner's history comes in bursts longer than the wait).
         s.nack_rto = NACK_RTO_FIRST;
+        if d.repair {
+            if let Some(t) = s.nack_at.as_mut() {
+                *t = (*t).max(now + NACK_RTO_FIRST);
+            }
+        }
         s.buffer.insert(d.pkt, d.clone());
         self.remember(d, sender);
         self.advance(now, out, sender);
         self.schedule_nack(now, out, sender);
     }
 
-    /// Stores the next complete post of `sender`, if its packets are all here (one at a time).
+    /// Hands `sender`'s next complete posts to the store, in order.
     fn advance(&mut self, now: Instant, out: &mut Out, sender: [u8; 32]) {
+        while self.advance_one(out, sender) {}
+        let _ = now;
+    }
+
+    /// Hands `sender`'s next post to the store if its packets are all here; true if it did.
+    fn advance_one(&mut self, out: &mut Out, sender: [u8; 32]) -> bool {
         let Some(s) = self.senders.get_mut(&sender) else {
-            return;
+            return false;
         };
-        if s.storing.is_some() {
-            return;
+        if s.storing() >= MAX_STORING {
+            return false;
         }
         let next = s.next();
         let Some(first) = s.buffer.get(&next) else {
-            return;
+            return false;
         };
         let (post_seq, frags) = (first.post, first.frags);
-        let consistent = first.frag == 0 && post_seq == s.stored_post + 1;
+        let consistent = first.frag == 0 && post_seq == s.handed_post + 1;
         if !consistent {
             s.buffer.remove(&next);
-            let expected = s.stored_post + 1;
-            return self.drop_input(
+            let expected = s.handed_post + 1;
+            self.drop_input(
                 out,
                 DropReason::MalformedStanza,
                 format!("packet {next} is not the start of post {expected}"),
             );
+            return false;
         }
         let last = next + u64::from(frags) - 1;
         let complete = (next..=last).all(|p| {
@@ -543,7 +613,7 @@ impl Group {
             })
         });
         if !complete {
-            return;
+            return false;
         }
         let parts: Vec<Data> = (next..=last).filter_map(|p| s.buffer.remove(&p)).collect();
         let head = &parts[0];
@@ -559,9 +629,10 @@ impl Group {
             bytes: head.bytes,
             body: parts.iter().flat_map(|d| d.chunk.iter().copied()).collect(),
         };
-        s.storing = Some(last);
+        s.handed = last;
+        s.handed_post = post_seq;
         self.write(out, Write::Post(post.clone()), Pending::Received(post));
-        let _ = now;
+        true
     }
 
     /// Packets of `sender` we know exist and do not hold, as inclusive ranges.
@@ -569,7 +640,7 @@ impl Group {
         let Some(s) = self.senders.get(sender) else {
             return Vec::new();
         };
-        let from = s.storing.unwrap_or(s.stored) + 1;
+        let from = s.handed + 1;
         let mut ranges = Vec::new();
         let mut start: Option<u64> = None;
         let mut p = from;
@@ -641,13 +712,21 @@ impl Group {
             for (a, b) in ranges {
                 let mut p = a;
                 while p <= b.min(held) && budget > 0 {
+                    let sent_at = self.recent.get(&(sender, p));
+                    if sent_at.is_some_and(|t| *t + REPAIR_HOLDOFF > now) {
+                        p += 1;
+                        continue;
+                    }
                     budget -= 1;
                     let delay = if sender == self.me {
                         Duration::ZERO
                     } else {
-                        Duration::from_millis(
-                            out.rng.gen_range(REPAIR_DELAY_MS.0..=REPAIR_DELAY_MS.1),
-                        )
+                        let (lo, hi) = if self.members.contains_key(&sender) {
+                            REPAIR_DELAY_MS
+                        } else {
+                            REPAIR_DELAY_ORPHAN_MS
+                        };
+                        Duration::from_millis(out.rng.gen_range(lo..=hi))
                     };
                     self.repairs.entry((sender, p)).or_insert(now + delay);
                     p += 1;
@@ -672,7 +751,10 @@ impl Group {
             s.known = s.known.max(*hwm);
             self.schedule_nack(now, out, *sender);
         }
-        // Does it say everything ours would? Then our idle session can wait.
+        // Does it say everything ours would? Then our idle session can wait. If not, its
+        // sender is behind us (a newcomer whose join we missed, a member back from a crash,
+        // one that lost our last session) and does not know it: we tell it soon, unless
+        // another member's session that says as much comes first.
         for (sender, ours) in self.session_entries() {
             let theirs = entries
                 .iter()
@@ -682,7 +764,11 @@ impl Group {
                 covers_ours = false;
             }
         }
-        if covers_ours && self.quick_left == 0 {
+        if !covers_ours {
+            let at =
+                now + Duration::from_millis(out.rng.gen_range(JOIN_ANSWER_MS.0..=JOIN_ANSWER_MS.1));
+            self.session_at = Some(self.session_at.map_or(at, |t| t.min(at)));
+        } else if self.quick_left == 0 {
             let later = (now + SESSION_IDLE).min(self.last_sent + KEEPALIVE);
             if self.session_at.is_some_and(|t| t < later) {
                 self.session_at = Some(later);
@@ -761,7 +847,8 @@ impl Group {
                 Some(mut d) => {
                     d.repair = true;
                     out.stats.repairs_out += 1;
-                    self.send(out, Body::Data(d));
+                    self.note_sent(now, key);
+                    self.send_as(out, key.0, Body::Data(d));
                 }
                 None => {
                     if self.loading.insert(key) {
@@ -798,7 +885,7 @@ impl Group {
 
     /// Posts the store gave back for a repair: their packets in the range go out (unless
     /// someone else repaired them meanwhile).
-    pub fn loaded(&mut self, _now: Instant, out: &mut Out, load: &Load, posts: Vec<Post>) {
+    pub fn loaded(&mut self, now: Instant, out: &mut Out, load: &Load, posts: Vec<Post>) {
         for post in posts {
             if post.sender != load.sender || post.activity != self.info.id {
                 continue;
@@ -807,8 +894,9 @@ impl Group {
                 let key = (load.sender, d.pkt);
                 if d.pkt >= load.first && d.pkt <= load.last && self.loading.remove(&key) {
                     out.stats.repairs_out += 1;
+                    self.note_sent(now, key);
                     self.remember(d.clone(), load.sender);
-                    self.send(out, Body::Data(d));
+                    self.send_as(out, load.sender, Body::Data(d));
                 }
             }
         }

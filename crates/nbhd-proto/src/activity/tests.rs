@@ -273,6 +273,33 @@ fn a_late_joiner_gets_the_whole_history_with_unicast_black_holed_both_ways() {
     assert_eq!(keys(&net, 4, &a), keys(&net, 0, &a));
 }
 
+/// A repair is the original packet again, whoever sends it: a late joiner whose only source
+/// is a member that is not the poster stores each post under its poster, once.
+#[test]
+fn history_repaired_by_a_member_other_than_its_poster_keeps_its_poster() {
+    let mut net = net(3, 9);
+    let a = share(&mut net, 0, "relay", false);
+    net.run_for(Duration::from_secs(2));
+    join(&mut net, 1, "relay").expect("join");
+    net.run_for(Duration::from_millis(200));
+    for k in 0..30 {
+        post(&mut net, 0, &a, &format!("a{k}"));
+    }
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(log(&net, 1, &a).len(), 30);
+    // Alice is gone: bob alone holds her posts.
+    net.crash(0);
+    join(&mut net, 2, &a.id.to_hex()).expect("carol knows it from presence");
+    let got = net.run_until_true(Duration::from_secs(20), |net| {
+        net.stores[2].log(a.id).len() >= 30
+    });
+    assert!(got.is_some(), "history: {} of 30", log(&net, 2, &a).len());
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(keys(&net, 2, &a), keys(&net, 1, &a));
+    let alice = net.stores[1].log(a.id)[0].sender;
+    assert!(net.stores[2].log(a.id).iter().all(|p| p.sender == alice));
+}
+
 /// A member killed mid-run (its store keeps what it confirmed) restarts and ends with the
 /// identical log; a sender killed right after a post was confirmed continues its numbering.
 #[test]
@@ -523,4 +550,75 @@ fn an_idle_activity_of_ten_members_sends_a_few_packets_a_minute() {
     assert!(per_minute <= 10.0, "{per_minute} packets a minute");
     let members = net.host(5).activities(net.now)[0].members;
     assert_eq!(members, 10, "nobody taken for gone while quiet");
+}
+
+/// A member that missed the answers to its join (or any session that would have told it what
+/// exists) says so in its own sessions, and the others answer: it is not left waiting for
+/// their idle session a minute later.
+#[test]
+fn a_joiner_that_misses_the_answers_to_its_join_learns_from_its_own_next_session() {
+    let mut net = net(4, 12);
+    let a = share(&mut net, 0, "missed", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..3 {
+        join(&mut net, i, "missed").expect("join");
+    }
+    net.run_for(Duration::from_millis(200));
+    for k in 0..100 {
+        post(&mut net, k % 3, &a, &format!("p{k}"));
+    }
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(log(&net, 2, &a).len(), 100);
+    // Every answer to dave's join is lost.
+    for m in 0..3 {
+        net.multicast_drop.insert((m, 3));
+    }
+    let t = net.now;
+    join(&mut net, 3, "missed").expect("join");
+    net.run_for(Duration::from_millis(100));
+    assert!(log(&net, 3, &a).is_empty());
+    net.multicast_drop.clear();
+    let got = net.run_until_true(Duration::from_secs(5), |net| {
+        net.stores[3].log(a.id).len() == 100
+    });
+    assert!(
+        got.is_some(),
+        "dave has {} of 100 posts 5 s after his join",
+        log(&net, 3, &a).len()
+    );
+    eprintln!("the joiner had everything {:?} after joining", net.now - t);
+    assert_eq!(keys(&net, 3, &a), keys(&net, 0, &a));
+}
+
+/// A member whose disk refuses writes counts nothing as received (and says so in its drop
+/// counters); once the disk is back, what it missed is asked for again and stored in order.
+#[test]
+fn a_member_whose_store_fails_for_a_while_ends_with_the_complete_log() {
+    let mut net = net(3, 13);
+    let a = share(&mut net, 0, "disk", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..3 {
+        join(&mut net, i, "disk").expect("join");
+    }
+    net.run_for(Duration::from_millis(200));
+    net.stores[2].failing = true;
+    for k in 0..50 {
+        post(&mut net, 0, &a, &format!("p{k}"));
+        net.run_for(Duration::from_millis(1));
+    }
+    net.run_for(Duration::from_secs(1));
+    assert!(log(&net, 2, &a).is_empty());
+    let failed = net.host(2).stats().activity.dropped[&DropReason::StoreFailed];
+    assert!(failed > 0);
+    net.stores[2].failing = false;
+    let got = net.run_until_true(Duration::from_secs(10), |net| {
+        net.stores[2].log(a.id).len() == 50
+    });
+    assert!(
+        got.is_some(),
+        "{} of 50 after the disk came back",
+        log(&net, 2, &a).len()
+    );
+    assert_eq!(keys(&net, 2, &a), keys(&net, 1, &a));
+    assert!(complete(&keys(&net, 2, &a)));
 }

@@ -31,8 +31,21 @@ pub fn nbhd(lab: &Lab, i: usize, dir: &Path, args: &[&str]) -> Output {
 }
 
 pub fn start(lab: &mut Lab, i: usize, nick: &str, extra: &[&str]) -> u32 {
-    let dir = data_dir(lab, i);
     let log = lab.dir.join(format!("nbhd-h{}-{nick}.log", i + 1));
+    start_logged(lab, i, nick, extra, &log)
+}
+
+/// Starts host `i`'s daemon again on its data dir (after a kill), logging to a file of its own.
+pub fn restart(lab: &mut Lab, i: usize, nick: &str) -> u32 {
+    let log = lab
+        .dir
+        .join(format!("nbhd-h{}-{nick}-restarted.log", i + 1));
+    start_logged(lab, i, nick, &[], &log)
+}
+
+pub fn start_logged(lab: &mut Lab, i: usize, nick: &str, extra: &[&str], log: &Path) -> u32 {
+    let dir = data_dir(lab, i);
+    let log = log.to_path_buf();
     let mut c = lab.command(i, NBHD);
     c.env("NBHD_LOG", "info")
         .arg("--data-dir")
