@@ -63,7 +63,7 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// The time a node's log says it saw everyone ("all <unix time>").
+/// The time a node's log says it saw everyone (`all <unix time>`).
 fn all_time(log: &Path) -> Option<f64> {
     read(log)
         .lines()

@@ -159,6 +159,7 @@ async fn serve_one(
             let code = match e.kind {
                 ErrorKind::Usage => 400,
                 ErrorKind::NotFound => 404,
+                ErrorKind::Failed => 500,
             };
             error(&mut stream, code, &e.error).await
         }
@@ -173,7 +174,7 @@ fn route(req: &HttpRequest) -> Result<Request, (u16, String)> {
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
+            .map(|(_, v)| decode(v, true))
     };
     // The body's fields, with `cmd` set: the same request a control-socket line makes.
     let body = |cmd: &str, extra: &[(&str, &str)]| -> Result<Request, (u16, String)> {
@@ -204,17 +205,42 @@ fn route(req: &HttpRequest) -> Result<Request, (u16, String)> {
         },
         ("GET", ["api", "activities"]) => Request::Activities,
         ("GET", ["api", "activities", id, "log"]) => Request::Log {
-            activity: id.to_string(),
+            activity: decode(id, false),
         },
         ("POST", ["api", "send"]) => body("send", &[])?,
         ("POST", ["api", "invite"]) => body("invite", &[])?,
         ("POST", ["api", "activities"]) => body("share", &[])?,
-        ("POST", ["api", "activities", id, "join"]) => body("join", &[("activity", id)])?,
-        ("POST", ["api", "activities", id, "leave"]) => body("leave", &[("activity", id)])?,
-        ("POST", ["api", "activities", id, "posts"]) => body("post", &[("activity", id)])?,
+        ("POST", ["api", "activities", id, verb @ ("join" | "leave" | "posts")]) => {
+            let cmd = if *verb == "posts" { "post" } else { verb };
+            body(cmd, &[("activity", &decode(id, false))])?
+        }
         _ => return Err((404, "no such route".into())),
     };
     Ok(request)
+}
+
+/// `%XX` escapes decoded (and, in a query, `+` as a space); a malformed escape stays as it is.
+fn decode(s: &str, plus_is_space: bool) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus_is_space => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn error(stream: &mut TcpStream, code: u16, message: &str) -> std::io::Result<()> {
@@ -235,6 +261,7 @@ async fn respond(
         404 => "Not Found",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
     let head = format!(
@@ -272,3 +299,18 @@ async function tick() {
 tick(); setInterval(tick, 2000);
 </script></body></html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+
+    #[test]
+    fn escapes_in_paths_and_queries_are_decoded_and_bad_ones_kept() {
+        assert_eq!(decode("alice%40lab%20(2)", false), "alice@lab (2)");
+        assert_eq!(decode("a+b", true), "a b");
+        assert_eq!(decode("a+b", false), "a+b");
+        assert_eq!(decode("Zo%C3%A9", true), "Zoé");
+        assert_eq!(decode("100%", true), "100%");
+        assert_eq!(decode("%zz%4", true), "%zz%4");
+    }
+}

@@ -1,6 +1,6 @@
 //! The control contract (DESIGN.md §6): one set of serde types shared by the CLI, the control
 //! socket and the HTTP API. A new verb is one [`Request`] variant, one handler in
-//! [`crate::handlers`] and one printer in the CLI, and the compiler checks all three.
+//! `daemon::handlers` and one printer in the CLI, and the compiler checks all three.
 //!
 //! The JSON these types make is the `--json` output scripts depend on: a reply's shape is the
 //! CLI's stdout for that command, an [`Event`] is one line of `nbhd events --json`.
@@ -160,6 +160,8 @@ pub enum ErrorKind {
     Usage,
     /// Nothing matches, or it could not be done (exit 1).
     NotFound,
+    /// The daemon failed (its store): exit 1, HTTP 500.
+    Failed,
 }
 
 impl ErrorReply {
@@ -174,6 +176,13 @@ impl ErrorReply {
         ErrorReply {
             error: m.into(),
             kind: ErrorKind::NotFound,
+        }
+    }
+
+    pub fn failed(m: impl Into<String>) -> ErrorReply {
+        ErrorReply {
+            error: m.into(),
+            kind: ErrorKind::Failed,
         }
     }
 }
@@ -487,6 +496,7 @@ pub enum Event {
     },
     /// The follower was too slow: this many events were skipped.
     Lagged {
+        at: u64,
         missed: u64,
     },
 }

@@ -1,7 +1,7 @@
 //! The control socket (`nbhd.sock` in the data dir): how the CLI talks to its daemon.
 //!
 //! One [`Request`] per line as JSON; one reply per line, `{"ok": true, "result": <Reply>}` or
-//! `{"ok": false, "error": "...", "kind": "usage"|"not-found"}`. `events` replies `{"ok": true}`
+//! `{"ok": false, "error": "...", "kind": "usage"|"not-found"|"failed"}`. `events` replies `{"ok": true}`
 //! and then streams one [`Event`] per line until the client hangs up. A Unix socket (not TCP) so
 //! that several daemons can run in one namespace and file permissions guard it.
 
@@ -78,7 +78,10 @@ async fn serve_one(
             loop {
                 let ev = match events.recv().await {
                     Ok(ev) => ev,
-                    Err(broadcast::error::RecvError::Lagged(n)) => Event::Lagged { missed: n },
+                    Err(broadcast::error::RecvError::Lagged(n)) => Event::Lagged {
+                        at: crate::view::unix_ms(),
+                        missed: n,
+                    },
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
                 write_line(&mut wr, &serde_json::to_value(&ev).unwrap_or(Value::Null)).await?;
@@ -160,6 +163,7 @@ impl Client {
         Err(match e.kind {
             ErrorKind::Usage => DaemonError::Usage(e.error),
             ErrorKind::NotFound => DaemonError::NotFound(e.error),
+            ErrorKind::Failed => DaemonError::Other(e.error),
         })
     }
 

@@ -6,14 +6,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use nbhd_proto::messages::streams::CONNECT_TIMEOUT;
+use nbhd_proto::messages::streams::{CONNECT_TIMEOUT, TCP_USER_TIMEOUT};
 use nbhd_proto::node::{ConnId, Node, StreamAction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-
-/// How long sent data may stay unacknowledged before the kernel fails the stream.
-pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What connection tasks report to the event loop.
 pub enum NetEvent {
@@ -100,6 +97,7 @@ impl Streams {
 }
 
 async fn connect(conn: ConnId, addr: SocketAddr, events: mpsc::UnboundedSender<NetEvent>) {
+    // The Node counts the connect failed at CONNECT_TIMEOUT; the task ends then too.
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let writer = run_stream(conn, stream, events.clone());

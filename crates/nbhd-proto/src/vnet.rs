@@ -25,6 +25,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::activity::{group_of, ActivityId, ChannelChange, Load, Post};
+use crate::messages::streams::TCP_USER_TIMEOUT;
 use crate::node::{
     Channel, ConnId, Node, Record, StoreWrite, StreamAction, StreamInput, Transmit, COURIER_PORT,
 };
@@ -36,9 +37,6 @@ pub const IFACE: IfaceId = IfaceId(1);
 pub const PROBE_PORT: u16 = 5299;
 /// Every host's XEP-0174 port.
 pub const P2PJ_PORT: u16 = 5298;
-/// A stream whose data stops getting through fails after this, as the daemon's streams do with
-/// `TCP_USER_TIMEOUT`.
-pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Host `i`'s address.
 pub fn addr(i: usize) -> Ipv4Addr {
@@ -373,6 +371,12 @@ impl<H: Host> Vnet<H> {
     pub fn crash(&mut self, i: usize) {
         self.hosts[i] = None;
         self.channels[i].clear();
+        // What was on its way to it dies with it (a restarted host does not get it).
+        for Reverse((_, seq, to)) in self.flight.iter() {
+            if *to == i {
+                self.arrivals.remove(seq);
+            }
+        }
         let mine: Vec<(usize, ConnId)> = self
             .links
             .keys()

@@ -68,7 +68,8 @@ enum Command {
     },
     /// List the peers seen now (never ourselves)
     Peers,
-    /// Follow events (peer-up, peer-down, peer-changed, message, invitation) until interrupted
+    /// Follow events until interrupted: peer-up, peer-down, peer-changed, message, invitation,
+    /// path-changed, post, member (and lagged, when this reader fell behind)
     Events,
     /// Send a 1:1 message; exits 0 once its receipt arrives, 1 if none came in time
     #[command(
@@ -167,7 +168,8 @@ enum Command {
     Doctor,
     /// Show this daemon's identity, names and interfaces
     Status,
-    /// Show counters: mDNS packets in and out, and what was dropped and why
+    /// Show counters: packets in and out per channel (mDNS, courier, probes, activities), and
+    /// what was dropped and why
     Stats,
     /// Correlate captures taken on several hosts and say where packets die
     #[command(
@@ -427,7 +429,7 @@ fn log(dir: &DataDir, activity: String, follow: bool, json: bool) -> Result<(), 
         Event::Post {
             activity, entry, ..
         } if activity == log.id => show(&entry),
-        Event::Lagged { missed } => {
+        Event::Lagged { missed, .. } => {
             eprintln!(
                 "nbhd: {missed} events were missed (this reader was too slow); `nbhd log` shows every post"
             );

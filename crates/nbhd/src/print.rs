@@ -1,5 +1,5 @@
 //! Printing for people: one printer per reply of the contract, and one line per event kind.
-//! Everything goes through [`line`], so a closed stdout (`nbhd status | head -1`) ends the
+//! Everything goes through [`line()`], so a closed stdout (`nbhd status | head -1`) ends the
 //! command quietly with status 0 instead of a panic.
 
 use std::io::Write;
@@ -327,7 +327,7 @@ pub fn event(ev: &Event) -> String {
             change,
             ..
         } => format!("{:<13} {nick} {change} {}", "member", short(activity)),
-        Event::Lagged { missed } => {
+        Event::Lagged { missed, .. } => {
             format!(
                 "{:<13} {missed} events were missed (this reader was too slow)",
                 "lagged"

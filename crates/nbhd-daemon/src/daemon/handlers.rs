@@ -55,7 +55,7 @@ impl Daemon {
             ),
             Request::Invitations => match self.store.invitations() {
                 Ok(rows) => Reply::Invitations(rows),
-                Err(e) => return Handled::Now(Err(ErrorReply::not_found(e.to_string()))),
+                Err(e) => return Handled::Now(Err(ErrorReply::failed(e.to_string()))),
             },
             Request::Messages { peer } => match self.messages(peer.as_deref()) {
                 Ok(r) => r,
@@ -155,7 +155,7 @@ impl Daemon {
                         name: info.name,
                         posts: posts.iter().map(view::log_row).collect(),
                     }),
-                    Err(e) => return Handled::Now(Err(ErrorReply::not_found(e.to_string()))),
+                    Err(e) => return Handled::Now(Err(ErrorReply::failed(e.to_string()))),
                 }
             }
             // The control socket follows events itself; this one came by another way.
@@ -205,7 +205,7 @@ impl Daemon {
     /// `nbhd messages [PEER]`: PEER as the Node resolves it; a peer that is gone still has its
     /// messages, found in the store by its id or the nick it had.
     fn messages(&self, peer: Option<&str>) -> Result<Reply, ErrorReply> {
-        let store_error = |e: crate::error::DaemonError| ErrorReply::not_found(e.to_string());
+        let store_error = |e: crate::error::DaemonError| ErrorReply::failed(e.to_string());
         let id = match peer {
             None => None,
             Some(q) => match self.node.resolve_peer(q) {
@@ -262,14 +262,20 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
-        *mdns_dropped.entry("oversized".into()).or_default() += self.stats.truncated_in;
+        let oversized = |c: Channel| self.stats.oversized.get(&c).copied().unwrap_or(0);
+        if oversized(Channel::Mdns) > 0 {
+            *mdns_dropped.entry("oversized".into()).or_default() += oversized(Channel::Mdns);
+        }
         let channel = |c: Channel| {
-            let dropped = s
+            let mut dropped: std::collections::BTreeMap<String, u64> = s
                 .dropped
                 .iter()
                 .filter(|((ch, _), _)| *ch == c)
                 .map(|((_, r), n)| (r.as_str().to_string(), *n))
                 .collect();
+            if oversized(c) > 0 {
+                dropped.insert("oversized".into(), oversized(c));
+            }
             ChannelStats {
                 packets_in: s.datagrams_in.get(&c).copied().unwrap_or(0),
                 send_errors: self.stats.send_errors.get(&c).copied().unwrap_or(0),
@@ -325,6 +331,13 @@ impl Daemon {
                     if is_activity(c) {
                         *dropped.entry(r.as_str().to_string()).or_default() += n;
                     }
+                }
+                let big = self
+                    .stats
+                    .activity_oversized
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if big > 0 {
+                    dropped.insert("oversized".into(), big);
                 }
                 let a = &s.activity;
                 ActivityStats {

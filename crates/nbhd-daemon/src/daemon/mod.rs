@@ -1,7 +1,7 @@
 //! `nbhd up`: the event loop around the Node. It moves bytes, time and commands between the
 //! Node and the world: datagrams between the UDP sockets and the Node's channels, stream bytes
 //! between the Node and the stream tasks, store writes between the Node and SQLite, requests
-//! from the control socket and the HTTP API to [`handlers`], and events out to followers. It
+//! from the control socket and the HTTP API to `handlers`, and events out to followers. It
 //! decides nothing about the protocol; on SIGINT/SIGTERM the Node says goodbye and ends its
 //! streams, and the loop gives them a moment to be answered.
 
@@ -52,7 +52,10 @@ pub struct UpOptions {
 /// What the driver itself counts: its buffers and its sends.
 #[derive(Default)]
 struct DriverStats {
-    truncated_in: u64,
+    /// Datagrams larger than any the protocols allow, per channel (the buffer is ours, so is
+    /// the count); the activities' reader tasks count theirs in `activity_oversized`.
+    oversized: BTreeMap<Channel, u64>,
+    activity_oversized: Arc<std::sync::atomic::AtomicU64>,
     send_errors: BTreeMap<Channel, u64>,
 }
 
@@ -358,9 +361,11 @@ impl Daemon {
             }
         };
         if rx.truncated {
-            // Larger than any datagram the protocols allow: the buffer is ours, so is the count.
-            self.stats.truncated_in += 1;
-            let n = self.stats.truncated_in;
+            let n = {
+                let n = self.stats.oversized.entry(channel).or_default();
+                *n += 1;
+                *n
+            };
             if n <= 10 || n.is_multiple_of(DROP_LOG_EVERY) {
                 tracing::warn!(src = %rx.src, channel = channel.as_str(), count = n, "dropped a datagram larger than 9216 bytes");
             }
@@ -479,6 +484,7 @@ impl Daemon {
                     }
                 }
                 let (reader_socket, tx) = (socket.clone(), self.activity_tx.clone());
+                let oversized = self.stats.activity_oversized.clone();
                 let reader = tokio::spawn(async move {
                     let mut buf = udp::new_buffer();
                     loop {
@@ -486,6 +492,7 @@ impl Daemon {
                             continue;
                         };
                         if rx.truncated {
+                            oversized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             continue;
                         }
                         let dg = ActivityDatagram {

@@ -32,6 +32,8 @@ pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 pub const RELAY_AFTER: Duration = Duration::from_millis(200);
 /// A legacy peer's stream broke before it took a stanza: open another after this.
 pub const LEGACY_RETRY: Duration = Duration::from_secs(1);
+/// How often a courier delivery looks for a peer that went away meanwhile.
+pub const PEER_GONE_RETRY: Duration = Duration::from_millis(500);
 
 pub(super) struct Delivery {
     pub(super) peer: String,
@@ -543,6 +545,9 @@ impl Messages {
                 continue;
             };
             let Some(key) = self.peers.get(&d.peer).map(|p| p.key) else {
+                // Gone (a goodbye, an expiry): look again later, until it is back or the
+                // deadline ends the delivery; a due timer left as it is would wake us at once.
+                d.courier_at = Some(now + PEER_GONE_RETRY);
                 continue;
             };
             if d.courier_attempts > 0 {

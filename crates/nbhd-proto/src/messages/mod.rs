@@ -5,7 +5,7 @@
 //! - [`stanza`]: the chat, receipt and signed invitation stanzas.
 //! - [`streams`]: the streams themselves: opening, the authentication right after the header
 //!   (each side signs the other's fresh nonce), legacy XEP-0174 peers' plain streams, ends.
-//! - [`delivery`]: deliveries raced over TCP, the courier and a relay as [`Paths::plan`] says,
+//! - [`delivery`]: deliveries raced over TCP, the courier and a relay as [`crate::paths::Paths::plan`] says,
 //!   receipts bound to (stanza id, sender, recipient), deduplication, and what is received
 //!   becoming a store write that must be confirmed before its receipt goes out.
 //!

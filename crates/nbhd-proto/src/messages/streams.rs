@@ -27,6 +27,9 @@ pub const NS_AUTH: &str = "urn:nbhd:auth:0";
 pub const AUTH_DOMAIN: &[u8] = b"nbhd stream auth v0\0";
 /// A connect that has not completed by then is a failure (the kernel would wait ~127 s).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A stream whose sent data stays unacknowledged this long fails (the driver sets it as the
+/// socket's `TCP_USER_TIMEOUT`; the kernel would retransmit for ~15 minutes).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// After our `</stream:stream>`, how long we wait for the peer's before closing anyway.
 pub const STREAM_END_WAIT: Duration = Duration::from_secs(2);
 

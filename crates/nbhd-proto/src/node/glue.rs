@@ -77,6 +77,13 @@ impl Node {
         src: SocketAddr,
         bytes: &[u8],
     ) -> Option<(frame::Repr, String)> {
+        // Addressed to someone else on the shared channel, or our own echo: not ours, and not
+        // worth a signature check (every node hears every courier frame).
+        if let Ok(p) = frame::Packet::new_checked(bytes) {
+            if p.recipient() != self.me.public() || p.sender() == self.me.public() {
+                return None;
+            }
+        }
         let f = match frame::Repr::parse(bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -89,9 +96,6 @@ impl Node {
                 return None;
             }
         };
-        if f.recipient != self.me.public() || f.sender == self.me.public() {
-            return None; // for someone else on the shared channel, or our own echo
-        }
         let Some(peer) = self.messages.peer_id_by_key(&f.sender) else {
             let who = URL_SAFE_NO_PAD.encode(f.sender);
             self.drop(
@@ -247,6 +251,16 @@ impl Node {
     /// A peer presence found, as messages and paths need it: nbhd peers with their key
     /// (decoded once here) and probe port (TXT `probe`), legacy XEP-0174 peers as such.
     fn sync_peer(&mut self, p: &Peer) {
+        // The same instance under another id (a new key, or a legacy peer that became an nbhd
+        // one): the old id goes, and with it the trust in its key.
+        if let Some(old) = self
+            .ids_by_instance
+            .insert(p.instance.clone(), p.id.clone())
+        {
+            if old != p.id {
+                self.forget_peer(&old);
+            }
+        }
         let Some(ip) = p.addrs.first() else { return };
         let key = p
             .key
@@ -285,6 +299,17 @@ impl Node {
         }
     }
 
+    /// Everything the engines keep about a peer id, forgotten.
+    fn forget_peer(&mut self, id: &str) {
+        self.messages.remove_peer(id);
+        self.paths.forget(id);
+        self.path_states.remove(id);
+        self.impostors.remove(id);
+        if self.advertised_by.remove(id).is_some() {
+            self.refresh_advertised();
+        }
+    }
+
     /// Drains every engine into the Node's outputs, and publishes path changes.
     pub(super) fn after(&mut self, now: Instant) {
         while let Some(t) = self.presence.poll_transmit() {
@@ -299,13 +324,8 @@ impl Node {
             match &e {
                 presence::Event::PeerUp(p) | presence::Event::PeerChanged(p) => self.sync_peer(p),
                 presence::Event::PeerDown(p) => {
-                    self.messages.remove_peer(&p.id);
-                    self.paths.remove_contact(&p.id);
-                    self.path_states.remove(&p.id);
-                    self.impostors.remove(&p.id);
-                    if self.advertised_by.remove(&p.id).is_some() {
-                        self.refresh_advertised();
-                    }
+                    self.ids_by_instance.remove(&p.instance);
+                    self.forget_peer(&p.id);
                 }
                 presence::Event::Renamed { instance, .. } => self.messages.set_instance(instance),
                 presence::Event::Announced { .. } => {}

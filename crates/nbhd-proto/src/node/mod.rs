@@ -416,6 +416,8 @@ pub struct Node {
     pins: HashMap<String, [u8; 32]>,
     /// Peers announcing a pinned nick with another key (by peer id).
     impostors: HashSet<String>,
+    /// Each instance's peer id now: a new id for an instance replaces the old one.
+    ids_by_instance: HashMap<String, String>,
     /// Store reads in flight for the activities engine.
     loads: HashMap<u64, Load>,
     load_queue: VecDeque<(u64, Load)>,
@@ -497,6 +499,7 @@ impl Node {
             invited,
             pins: restored.pins.into_iter().collect(),
             impostors: HashSet::new(),
+            ids_by_instance: HashMap::new(),
             loads: HashMap::new(),
             load_queue: VecDeque::new(),
             rng: SmallRng::seed_from_u64(config_seed ^ 0x7365),
@@ -665,7 +668,11 @@ impl Node {
             many => Err(CommandError::Ambiguous(
                 q.to_string(),
                 many.iter()
-                    .map(|p| format!("{} ({})", p.instance, &p.id[..p.id.len().min(12)]))
+                    .map(|p| {
+                        // A legacy peer's id is its instance name: cut at a character.
+                        let short: String = p.id.chars().take(12).collect();
+                        format!("{} ({short})", p.instance)
+                    })
                     .collect(),
             )),
         }

@@ -7,7 +7,7 @@
 //! and observations addressed to us) and drains the probes and observations it wants sent.
 //! Messages asks it how to deliver ([`Paths::plan`]) and how long to wait for a courier receipt.
 //!
-//! - [`evidence`]: per-direction evidence, the peer states, the plan, the doctor's diagnosis.
+//! - `evidence`: per-direction evidence, the peer states, the plan, the doctor's diagnosis.
 //! - [`probe`]: the probes, their replies and the observations (and the observation codec).
 
 mod evidence;
@@ -154,6 +154,8 @@ pub struct Paths {
     asked: BTreeMap<String, Instant>,
     /// When we last probed each peer.
     probed: BTreeMap<String, Instant>,
+    /// When we last answered each peer's question.
+    answered: BTreeMap<String, Instant>,
     /// Observations we owe, and when to send them.
     answers_due: VecDeque<(String, Instant)>,
     transmits: VecDeque<PathsTransmit>,
@@ -170,6 +172,7 @@ impl Paths {
             probes_in: BTreeMap::new(),
             asked: BTreeMap::new(),
             probed: BTreeMap::new(),
+            answered: BTreeMap::new(),
             answers_due: VecDeque::new(),
             transmits: VecDeque::new(),
             rng: SmallRng::seed_from_u64(seed),
@@ -185,8 +188,17 @@ impl Paths {
         self.contacts.insert(id.to_string(), contact);
     }
 
-    pub fn remove_contact(&mut self, id: &str) {
+    /// A peer gone (or known again under another key): everything about it is forgotten, so
+    /// that nothing is kept for peers long gone and no old key is trusted.
+    pub fn forget(&mut self, id: &str) {
         self.contacts.remove(id);
+        self.peers.remove(id);
+        self.probes_in.remove(id);
+        self.asked.remove(id);
+        self.probed.remove(id);
+        self.answered.remove(id);
+        self.probes_out.retain(|_, (p, _)| p != id);
+        self.answers_due.retain(|(p, _)| p != id);
     }
 
     /// The peer whose probe port is `addr`, if any.
@@ -340,6 +352,10 @@ impl Paths {
     pub fn network_changed(&mut self) {
         self.peers.clear();
         self.probes_out.clear();
+        self.probes_in.clear();
+        // Ask and probe again at once: what we heard before the change says nothing now.
+        self.asked.clear();
+        self.probed.clear();
     }
 
     pub fn state(&self, now: Instant, id: &str) -> PathState {

@@ -28,6 +28,11 @@ pub const ASK_INTERVAL: Duration = Duration::from_secs(10);
 /// question, and on a working path the probe is there by then (a LAN round trip is well under a
 /// millisecond; a mesh hop a few).
 pub const ANSWER_DELAY: Duration = Duration::from_millis(20);
+/// A peer's questions are answered (with probes) at most this often: a replayed or flooded
+/// question cannot make us a probe cannon.
+pub const ANSWER_EVERY: Duration = Duration::from_secs(1);
+/// An answer is taken only this soon after our question (a replayed old one is not).
+pub const ANSWER_WINDOW: Duration = Duration::from_secs(5);
 const LEN: usize = 5;
 const REQUEST: u8 = 1;
 
@@ -108,12 +113,17 @@ impl Paths {
         payload: &[u8],
     ) -> Result<(), frame::Error> {
         let o = ObservationRepr::parse(payload)?;
-        // Its count of our probes only means something if we probed it lately.
+        // Its count of our probes only means something if we probed it lately, and as an
+        // answer to a question we asked just now.
         let probed = self
             .probed
             .get(peer)
             .is_some_and(|t| now.saturating_duration_since(*t) < OBSERVATION_WINDOW);
-        if probed {
+        let asked = self
+            .asked
+            .get(peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) < ANSWER_WINDOW);
+        if probed && (o.request || asked) {
             let p = self.peer(peer);
             if o.probes_heard > 0 {
                 p.unicast_out.ok(now);
@@ -127,7 +137,12 @@ impl Paths {
         if !o.request {
             p.multicast_out.ok(now);
         }
-        if o.request {
+        let answered_lately = self
+            .answered
+            .get(peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) < ANSWER_EVERY);
+        if o.request && !answered_lately {
+            self.answered.insert(peer.to_string(), now);
             // It asks: probe it now, so it learns whether ours arrive (two, so that two lost
             // ones let it conclude), and tell it what we saw once its own probe had time to come.
             self.send_probe(now, peer);

@@ -382,3 +382,47 @@ fn a_legacy_peer_is_up_after_a_stream_and_suspect_after_a_failed_connect() {
         "a stream after the failure heals it"
     );
 }
+
+/// A flood (or replay) of one peer's questions is answered once a second, not once each: we
+/// are nobody's probe cannon.
+#[test]
+fn a_flood_of_questions_is_answered_once_a_second() {
+    let t = Instant::now();
+    let mut p = paths();
+    for k in 0..100u64 {
+        p.handle_observation(t + Duration::from_millis(k), BOB, &observation(true, 0))
+            .unwrap();
+    }
+    p.handle_timeout(t + Duration::from_millis(200));
+    let out = sent(&mut p);
+    let probes = out
+        .iter()
+        .filter(|(k, _, _, c)| *k == Kind::Probe && !c)
+        .count();
+    let answers = out.iter().filter(|(k, ..)| *k == Kind::Observation).count();
+    assert_eq!((probes, answers), (2, 1), "{out:?}");
+    // A second later, a question is answered again.
+    p.handle_observation(t + Duration::from_millis(1100), BOB, &observation(true, 0))
+        .unwrap();
+    let probes = sent(&mut p)
+        .iter()
+        .filter(|(k, _, _, c)| *k == Kind::Probe && !c)
+        .count();
+    assert_eq!(probes, 2);
+}
+
+/// An answer nobody asked for (a replay of an old one) says nothing of our unicast.
+#[test]
+fn an_answer_to_no_recent_question_is_not_evidence() {
+    let t = Instant::now();
+    let mut p = paths();
+    p.send_probe(t, BOB);
+    let _ = sent(&mut p);
+    p.handle_observation(t + Duration::from_millis(30), BOB, &observation(false, 0))
+        .unwrap();
+    assert_ne!(
+        p.diagnose(t + Duration::from_millis(30), BOB, "bob")
+            .unicast_out,
+        Health::Broken
+    );
+}
