@@ -1,8 +1,9 @@
 //! A whole Node fed arbitrary input: stream bytes on accepted and opened connections (a legacy
 //! XEP-0174 peer's, which needs no authentication, and an nbhd peer's), courier frames signed by
 //! a peer it knows (so arbitrary stanzas reach the messages engine), probes, observations, raw
-//! datagrams on every channel, commands, store confirmations and failures, and time. Never a
-//! panic, whatever arrives.
+//! datagrams on every channel, activity frames sealed with the activity's key around arbitrary
+//! bodies (what a member, or anyone an invitation reached, can send), commands (activities'
+//! too), store confirmations, failures and reads, and time. Never a panic, whatever arrives.
 //!
 //! The peers are announced once by a handmade mDNS response, as on a real link. Then the input
 //! is a list of operations: one byte of opcode, one of argument, two of length, then that many
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use nbhd_proto::frame::{self, Kind};
 use nbhd_proto::identity::Identity;
+use nbhd_proto::activity::wire::{Body, Kind as ActivityKind, Repr as ActivityRepr};
 use nbhd_proto::node::{Channel, Command, Config, IfaceId, Node, Restored, StreamInput};
 use nbhd_proto::presence::wire::{Message, Name, Record, RecordData};
 use nbhd_proto::presence::{xep0174_txt, SERVICE_TYPE};
@@ -100,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[4 + take..];
         let conn = Node::ACCEPTED_BASE + u64::from(arg % 4);
         let from = |last: u8| SocketAddr::new(IpAddr::V4(ip(last)), 40000 + u16::from(arg));
-        match op % 12 {
+        match op % 16 {
             0 => node.handle_stream(
                 now,
                 StreamInput::Accepted {
@@ -177,6 +179,64 @@ fuzz_target!(|data: &[u8]| {
                 node.handle_timeout(now);
             }
             10 => node.handle_stream(now, StreamInput::Connected { conn: u64::from(arg % 4) + 1 }),
+            12 => {
+                let _ = node.handle_command(
+                    now,
+                    Command::Share {
+                        name: String::from_utf8_lossy(bytes).to_string(),
+                        kind: "game".into(),
+                        private: arg % 2 == 0,
+                    },
+                );
+            }
+            13 => {
+                if let Some(a) = node.activities(now).first() {
+                    let _ = node.handle_command(
+                        now,
+                        Command::Post {
+                            activity: a.info.id.to_hex(),
+                            body: bytes.to_vec(),
+                            bytes: arg % 2 == 0,
+                            at_ms: u64::from(arg),
+                        },
+                    );
+                }
+            }
+            14 => {
+                // A frame on an activity's channel: sealed with its key around a fuzzed body
+                // from a fuzzed sender, or raw bytes.
+                if let Some(a) = node.activities(now).first().map(|a| a.info.clone()) {
+                    let kinds = [
+                        ActivityKind::Data,
+                        ActivityKind::Nack,
+                        ActivityKind::Session,
+                        ActivityKind::Join,
+                        ActivityKind::Leave,
+                    ];
+                    let kind = kinds[usize::from(arg) % kinds.len()];
+                    let frame = Body::parse(kind, bytes)
+                        .ok()
+                        .and_then(|body| {
+                            ActivityRepr {
+                                activity: a.id,
+                                sender: [arg % 3; 32],
+                                body,
+                            }
+                            .emit(&a.key, &[arg; 24])
+                            .ok()
+                        })
+                        .unwrap_or_else(|| bytes.to_vec());
+                    node.handle_datagram(now, Channel::Activity(a.id), IF, from(5), &frame);
+                }
+            }
+            15 => {
+                let q = String::from_utf8_lossy(bytes).to_string();
+                match arg % 3 {
+                    0 => drop(node.handle_command(now, Command::Join { activity: q })),
+                    1 => drop(node.handle_command(now, Command::Leave { activity: q })),
+                    _ => drop(node.resolve_activity(&q)),
+                }
+            }
             _ => {
                 let _ = node.resolve_peer(&String::from_utf8_lossy(bytes));
                 let _ = node.doctor(now);
@@ -190,6 +250,11 @@ fuzz_target!(|data: &[u8]| {
                 node.handle_persisted(now, w.token);
             }
         }
+        // Store reads (for repairs) answered with nothing, as a store that lost them would.
+        while let Some((token, _)) = node.poll_load() {
+            node.handle_loaded(now, token, Vec::new());
+        }
+        while node.poll_channel().is_some() {}
         while node.poll_transmit().is_some() {}
         while node.poll_stream().is_some() {}
         while node.poll_event().is_some() {}

@@ -339,9 +339,41 @@ pub struct ActivityStats {
     pub sessions_out: u64,
     /// Packets received that we had already.
     pub duplicates: u64,
+    /// Live packets that went missing and were repaired ...
+    pub repaired: u64,
+    /// ... and how long after the gap was seen (the last few thousand; null before any).
+    pub repair_latency_ms: Option<Latency>,
     pub send_errors: u64,
     #[serde(flatten)]
     pub drops: DropCounts,
+}
+
+/// Percentiles of a latency, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// Percentiles of `samples` (ms), or None when there are none.
+    pub fn of(mut samples: Vec<f64>) -> Option<Latency> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+        Some(Latency {
+            count: samples.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        })
+    }
 }
 
 /// `nbhd stats`.

@@ -8,8 +8,8 @@ use nbhd_proto::node::{ActivityId, Command, CommandError, Outcome};
 
 use super::Daemon;
 use crate::contract::{
-    post_body, ActivityStats, ChannelStats, DropCounts, ErrorReply, IfaceRow, LogReply, MdnsStats,
-    MembershipReply, Reply, Request, ShareReply, StatsReply, StatusReply,
+    post_body, ActivityStats, ChannelStats, DropCounts, ErrorReply, IfaceRow, Latency, LogReply,
+    MdnsStats, MembershipReply, Reply, Request, ShareReply, StatsReply, StatusReply,
 };
 use crate::control::Pending;
 use crate::view;
@@ -354,6 +354,10 @@ impl Daemon {
                     nacks_out: a.nacks_out,
                     sessions_out: a.sessions_out,
                     duplicates: a.duplicates,
+                    repaired: a.repaired,
+                    repair_latency_ms: Latency::of(
+                        a.repair_latency.iter().map(|d| view::ms(*d)).collect(),
+                    ),
                     send_errors: self
                         .stats
                         .send_errors

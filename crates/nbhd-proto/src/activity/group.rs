@@ -42,8 +42,8 @@ pub const NACK_RTO_MAX: Duration = Duration::from_millis(500);
 pub const REPAIR_DELAY_MS: (u64, u64) = (50, 100);
 /// ... and this long when it is not (it left, or was never heard: a late joiner's history).
 pub const REPAIR_DELAY_ORPHAN_MS: (u64, u64) = (5, 20);
-/// A packet sent (or heard sent) this recently is not sent again for a NACK: the NACK was
-/// sent before the packet arrived. Shorter than [`NACK_RTO_FIRST`], so a NACK repeated
+/// A packet repaired (by us or another member) this recently is not repaired again for a
+/// NACK: the NACK was sent before the repair arrived. Shorter than [`NACK_RTO_FIRST`], so a NACK repeated
 /// because the repair was lost is answered.
 pub const REPAIR_HOLDOFF: Duration = Duration::from_millis(20);
 /// After something changed, session messages go this long after it, and again ...
@@ -68,6 +68,8 @@ pub const MAX_CACHE: usize = 8192;
 pub const MAX_REPAIRS_PER_NACK: usize = 256;
 /// Senders and members tracked per activity.
 pub const MAX_SENDERS: usize = 4096;
+/// Packets missing from one sender beyond which the repairs arriving are a bulk transfer.
+pub const BULK: u64 = 64;
 /// Posts of one sender handed to the store and not yet confirmed.
 pub const MAX_STORING: u64 = 256;
 
@@ -87,6 +89,9 @@ struct Sender {
     buffer: BTreeMap<u64, Data>,
     nack_at: Option<Instant>,
     nack_rto: Duration,
+    /// Live packets seen missing (a later one came first), and when: a repair's latency is
+    /// counted from there.
+    gaps: BTreeMap<u64, Instant>,
 }
 
 impl Sender {
@@ -140,7 +145,7 @@ pub(crate) struct Group {
     loading: BTreeSet<([u8; 32], u64)>,
     cache: BTreeMap<([u8; 32], u64), Data>,
     cache_order: VecDeque<([u8; 32], u64)>,
-    /// Packets sent or heard lately, and when: see [`REPAIR_HOLDOFF`].
+    /// Packets repaired lately, by us or heard, and when: see [`REPAIR_HOLDOFF`].
     recent: BTreeMap<([u8; 32], u64), Instant>,
     recent_order: VecDeque<(Instant, ([u8; 32], u64))>,
     session_at: Option<Instant>,
@@ -362,7 +367,6 @@ impl Group {
                     self.lamport = self.lamport.max(post.lamport);
                     for d in fragments(&post, false) {
                         self.remember(d.clone(), self.me);
-                        self.note_sent(now, (self.me, d.pkt));
                         out.stats.data_out += 1;
                         self.send(out, Body::Data(d));
                     }
@@ -502,7 +506,7 @@ impl Group {
         true
     }
 
-    /// Notes that packet `key` was just sent (by us or another member), forgetting what is
+    /// Notes that packet `key` was just repaired (by us or another member), forgetting what is
     /// older than [`REPAIR_HOLDOFF`].
     fn note_sent(&mut self, now: Instant, key: ([u8; 32], u64)) {
         while let Some((t, k)) = self.recent_order.front() {
@@ -532,11 +536,13 @@ impl Group {
     }
 
     fn on_data(&mut self, now: Instant, out: &mut Out, sender: [u8; 32], d: Data) {
-        // Someone sent it: our own repair of it is not needed, nor one for a NACK sent before
-        // it arrived.
+        // Someone sent it: our own repair of it is not needed, nor (a repair) one for a NACK
+        // sent before it arrived.
         self.repairs.remove(&(sender, d.pkt));
         self.loading.remove(&(sender, d.pkt));
-        self.note_sent(now, (sender, d.pkt));
+        if d.repair {
+            self.note_sent(now, (sender, d.pkt));
+        }
         if !self.senders.contains_key(&sender) && self.senders.len() >= MAX_SENDERS {
             return self.drop_input(
                 out,
@@ -560,12 +566,43 @@ impl Group {
                 format!("more than {MAX_BUFFER} packets held out of order"),
             );
         }
+        if let Some(seen) = s.gaps.remove(&d.pkt) {
+            out.stats.repair_took(now.saturating_duration_since(seen));
+        }
+        // A live packet past the last known one: those between went missing now (history a
+        // joiner learns of from sessions is not a loss).
+        let new_gap = !d.repair && d.pkt > s.known + 1;
+        // More than a bulk at once is history (we were away, or just joined), not loss.
+        if new_gap && d.pkt - s.known <= BULK {
+            for p in s.known + 1..d.pkt {
+                s.gaps.insert(p, now);
+            }
+            while s.gaps.len() > MAX_BUFFER {
+                s.gaps.pop_first();
+            }
+        }
+        if let Some(&oldest) = s.gaps.keys().next() {
+            // Gaps filled some other way (stored before a restart) are not waited for.
+            if oldest <= s.handed {
+                s.gaps = s.gaps.split_off(&(s.handed + 1));
+            }
+        }
+        if new_gap {
+            // A fresh loss is asked for soon, not at the next retry of older ones (members
+            // hold off repairing what they repaired just now, so those do not come twice).
+            let soon =
+                now + Duration::from_millis(out.rng.gen_range(NACK_DELAY_MS.0..=NACK_DELAY_MS.1));
+            if s.nack_at.is_some_and(|t| t > soon) {
+                s.nack_at = Some(soon);
+            }
+        }
         s.known = s.known.max(d.pkt);
-        // Progress: NACKs for this sender start from a short wait again. While the repairs we
-        // asked for are still arriving, asking again would only bring them twice (a late
-        // joiner's history comes in bursts longer than the wait).
+        // Progress: NACKs for this sender start from a short wait again. While a bulk of
+        // repairs is still arriving (a late joiner's history, in bursts longer than the wait),
+        // asking again would only bring them twice; a few holes are asked for at once.
         s.nack_rto = NACK_RTO_FIRST;
-        if d.repair {
+        let missing = s.known.saturating_sub(s.handed + s.buffer.len() as u64);
+        if d.repair && missing > BULK {
             if let Some(t) = s.nack_at.as_mut() {
                 *t = (*t).max(now + NACK_RTO_FIRST);
             }

@@ -21,7 +21,7 @@ pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -180,6 +180,23 @@ pub struct Stats {
     pub sessions_out: u64,
     pub duplicates: u64,
     pub dropped: BTreeMap<DropReason, u64>,
+    /// Live packets that went missing and came later (repaired), and for the last
+    /// [`REPAIR_SAMPLES`] of them how long after the gap was seen: the repair latency.
+    pub repaired: u64,
+    pub repair_latency: VecDeque<Duration>,
+}
+
+/// How many repair latencies [`Stats`] keeps.
+pub const REPAIR_SAMPLES: usize = 4096;
+
+impl Stats {
+    fn repair_took(&mut self, d: Duration) {
+        self.repaired += 1;
+        if self.repair_latency.len() == REPAIR_SAMPLES {
+            self.repair_latency.pop_front();
+        }
+        self.repair_latency.push_back(d);
+    }
 }
 
 /// What an activity is to `nbhd activities`.

@@ -238,6 +238,18 @@ fn four_members_under_twenty_percent_loss_end_with_identical_complete_logs() {
     assert!(complete(&keys(&net, 0, &a)));
     let stats = net.host(2).stats().activity;
     assert!(stats.dropped.is_empty(), "{:?}", stats.dropped);
+    let mut lat: Vec<Duration> = stats.repair_latency.iter().copied().collect();
+    lat.sort();
+    assert!(
+        stats.repaired > 0 && !lat.is_empty(),
+        "20% loss, nothing repaired?"
+    );
+    eprintln!(
+        "repair latency at 20% loss: {} repaired, p50 {:?}, p99 {:?}",
+        stats.repaired,
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
 }
 
 /// A fifth member joins after everything was posted and gets the whole history, by multicast

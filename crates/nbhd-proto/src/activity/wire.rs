@@ -39,6 +39,9 @@ pub const MAX_CHUNK: usize = 1100;
 pub const MAX_NICK: usize = 40;
 /// Entries per nack or session frame (a session with more senders is sent as several frames).
 pub const MAX_ENTRIES: usize = 28;
+/// Sequence numbers and Lamport times stay below this: no member can make another's counters
+/// overflow (a sender would need 2^62 packets to get there honestly).
+pub const MAX_SEQ: u64 = 1 << 62;
 pub const MAX_RANGES: usize = 32;
 
 mod field {
@@ -241,18 +244,6 @@ pub enum Body {
     Leave,
 }
 
-impl Body {
-    fn kind(&self) -> Kind {
-        match self {
-            Body::Data(_) => Kind::Data,
-            Body::Nack(_) => Kind::Nack,
-            Body::Session(_) => Kind::Session,
-            Body::Join { .. } => Kind::Join,
-            Body::Leave => Kind::Leave,
-        }
-    }
-}
-
 /// A frame, opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Repr {
@@ -317,13 +308,21 @@ fn put_nick(out: &mut Vec<u8>, nick: &str) {
     out.extend_from_slice(&nick.as_bytes()[..end]);
 }
 
-impl Repr {
-    /// Opens and parses a datagram with `key`. Never panics.
-    pub fn parse(bytes: &[u8], key: &[u8; 32]) -> Result<Repr, Error> {
-        let p = Packet::new_checked(bytes)?;
-        let plain = p.open(key)?;
-        let mut r = Reader { b: &plain };
-        let body = match p.kind() {
+impl Body {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Body::Data(_) => Kind::Data,
+            Body::Nack(_) => Kind::Nack,
+            Body::Session(_) => Kind::Session,
+            Body::Join { .. } => Kind::Join,
+            Body::Leave => Kind::Leave,
+        }
+    }
+
+    /// A body as it is once opened (what any holder of the key may have sealed). Never panics.
+    pub fn parse(kind: Kind, plain: &[u8]) -> Result<Body, Error> {
+        let mut r = Reader { b: plain };
+        let body = match kind {
             Kind::Data => {
                 let pkt = r.u64()?;
                 let post = r.u64()?;
@@ -340,6 +339,9 @@ impl Repr {
                 r.b = &[];
                 if pkt == 0 || post == 0 || frags == 0 || frag >= frags {
                     return Err(Error::Malformed("data numbering"));
+                }
+                if pkt >= MAX_SEQ || post >= MAX_SEQ || lamport >= MAX_SEQ {
+                    return Err(Error::Malformed("sequence number out of range"));
                 }
                 if chunk.len() > MAX_CHUNK {
                     return Err(Error::Malformed("chunk too long"));
@@ -372,7 +374,7 @@ impl Repr {
                     let mut ranges = Vec::with_capacity(m);
                     for _ in 0..m {
                         let (a, b) = (r.u64()?, r.u64()?);
-                        if a == 0 || a > b {
+                        if a == 0 || a > b || b >= MAX_SEQ {
                             return Err(Error::Malformed("range"));
                         }
                         ranges.push((a, b));
@@ -388,7 +390,11 @@ impl Repr {
                 }
                 let mut entries = Vec::with_capacity(n);
                 for _ in 0..n {
-                    entries.push((r.key()?, r.u64()?));
+                    let (sender, hwm) = (r.key()?, r.u64()?);
+                    if hwm >= MAX_SEQ {
+                        return Err(Error::Malformed("sequence number out of range"));
+                    }
+                    entries.push((sender, hwm));
                 }
                 Body::Session(entries)
             }
@@ -396,17 +402,13 @@ impl Repr {
             Kind::Leave => Body::Leave,
         };
         r.end()?;
-        Ok(Repr {
-            activity: p.activity(),
-            sender: p.sender(),
-            body,
-        })
+        Ok(body)
     }
 
-    /// The frame's bytes, sealed with `key` under `nonce`.
-    pub fn emit(&self, key: &[u8; 32], nonce: &[u8; 24]) -> Result<Vec<u8>, Error> {
+    /// The body's bytes, before sealing.
+    pub fn emit(&self) -> Result<Vec<u8>, Error> {
         let mut body = Vec::new();
-        match &self.body {
+        match self {
             Body::Data(d) => {
                 if d.chunk.len() > MAX_CHUNK || d.frag >= d.frags || d.pkt == 0 || d.post == 0 {
                     return Err(Error::Malformed("data fields"));
@@ -449,6 +451,25 @@ impl Repr {
             Body::Join { nick } => put_nick(&mut body, nick),
             Body::Leave => {}
         }
+        Ok(body)
+    }
+}
+
+impl Repr {
+    /// Opens and parses a datagram with `key`. Never panics.
+    pub fn parse(bytes: &[u8], key: &[u8; 32]) -> Result<Repr, Error> {
+        let p = Packet::new_checked(bytes)?;
+        let plain = p.open(key)?;
+        Ok(Repr {
+            activity: p.activity(),
+            sender: p.sender(),
+            body: Body::parse(p.kind(), &plain)?,
+        })
+    }
+
+    /// The frame's bytes, sealed with `key` under `nonce`.
+    pub fn emit(&self, key: &[u8; 32], nonce: &[u8; 24]) -> Result<Vec<u8>, Error> {
+        let body = self.body.emit()?;
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
@@ -571,6 +592,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A member (anyone with the key) announcing a sequence number near u64::MAX would make
+    /// the others' counters overflow: refused at the door. Found by the node_input fuzzer.
+    #[test]
+    fn sequence_numbers_from_2_pow_62_up_are_refused() {
+        let mut session = Vec::new();
+        session.extend_from_slice(&1u16.to_be_bytes());
+        session.extend_from_slice(&[2; 32]);
+        session.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(Body::parse(Kind::Session, &session).is_err());
+        let ok = Body::Session(vec![([2; 32], MAX_SEQ - 1)]);
+        assert_eq!(Body::parse(Kind::Session, &ok.emit().unwrap()), Ok(ok));
+        let mut nack = Vec::new();
+        nack.extend_from_slice(&1u16.to_be_bytes());
+        nack.extend_from_slice(&[2; 32]);
+        nack.extend_from_slice(&1u16.to_be_bytes());
+        nack.extend_from_slice(&1u64.to_be_bytes());
+        nack.extend_from_slice(&MAX_SEQ.to_be_bytes());
+        assert!(Body::parse(Kind::Nack, &nack).is_err());
+        let Body::Data(mut d) = data(vec![1]).body else {
+            unreachable!()
+        };
+        d.lamport = MAX_SEQ;
+        let bytes = Body::Data(d).emit().unwrap();
+        assert!(Body::parse(Kind::Data, &bytes).is_err());
     }
 
     #[test]
