@@ -806,7 +806,9 @@ impl Group {
                 now + Duration::from_millis(out.rng.gen_range(JOIN_ANSWER_MS.0..=JOIN_ANSWER_MS.1));
             self.session_at = Some(self.session_at.map_or(at, |t| t.min(at)));
         } else if self.quick_left == 0 {
-            let later = (now + SESSION_IDLE).min(self.last_sent + KEEPALIVE);
+            // Jittered like any idle session: members that all heard this one must not all
+            // speak at once a minute from now.
+            let later = idle_session_at(now, out).min(self.last_sent + KEEPALIVE);
             if self.session_at.is_some_and(|t| t < later) {
                 self.session_at = Some(later);
             }
@@ -886,6 +888,7 @@ impl Group {
                     out.stats.repairs_out += 1;
                     self.note_sent(now, key);
                     self.send_as(out, key.0, Body::Data(d));
+                    self.last_sent = now;
                 }
                 None => {
                     if self.loading.insert(key) {
@@ -917,7 +920,6 @@ impl Group {
                 ));
             }
         }
-        self.last_sent = self.last_sent.max(now);
     }
 
     /// Posts the store gave back for a repair: their packets in the range go out (unless
@@ -934,6 +936,7 @@ impl Group {
                     self.note_sent(now, key);
                     self.remember(d.clone(), load.sender);
                     self.send_as(out, load.sender, Body::Data(d));
+                    self.last_sent = now;
                 }
             }
         }
@@ -961,8 +964,7 @@ impl Group {
                 self.quick_left -= 1;
                 now + SESSION_QUICK[(i + 1).min(SESSION_QUICK.len() - 1)]
             } else {
-                let jitter = out.rng.gen_range(0..=SESSION_IDLE.as_millis() as u64 / 5);
-                now + SESSION_IDLE - SESSION_IDLE / 10 + Duration::from_millis(jitter)
+                idle_session_at(now, out)
             });
         }
         let silent: Vec<[u8; 32]> = self
@@ -1005,6 +1007,12 @@ impl Group {
         .flatten()
         .min()
     }
+}
+
+/// When an idle session goes: [`SESSION_IDLE`] from now, ± 10 %.
+fn idle_session_at(now: Instant, out: &mut Out) -> Instant {
+    let jitter = out.rng.gen_range(0..=SESSION_IDLE.as_millis() as u64 / 5);
+    now + SESSION_IDLE - SESSION_IDLE / 10 + Duration::from_millis(jitter)
 }
 
 /// A post cut into its packets (the same cut every time: repairs from the store match).
