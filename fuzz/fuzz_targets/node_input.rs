@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
             probe_port: 5299,
             record_ttl: None,
             seed: 1,
+            entropy: [5; 32],
         },
         Restored::default(),
         now,

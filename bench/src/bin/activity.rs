@@ -20,7 +20,7 @@
 //!       [--posts N] [--size BYTES] [--members 2,5,10] [--loss 0,5,20] [--idle-minutes M]
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -78,7 +78,8 @@ fn raw_recv(args: &[String]) {
     let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, RAW_PORT)).expect("bind");
     s.join_multicast_v4(&RAW_GROUP, &ifaddr).expect("join");
     let _ = socket2::SockRef::from(&s).set_recv_buffer_size(8 << 20);
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     println!("ready");
     let mut buf = vec![0u8; 65536];
     let (mut packets, mut bytes, mut first, mut last) = (0u64, 0u64, 0u128, 0u128);
@@ -113,16 +114,17 @@ struct Member {
 }
 
 /// One lab of `n` members in one activity: (lab, members, the activity's id, its port).
-fn lab_with_activity(bin: &PathBuf, n: usize) -> (Lab, Vec<Member>, String, u16) {
+fn lab_with_activity(bin: &Path, n: usize) -> (Lab, Vec<Member>, String, u16) {
     let mut lab = Lab::new(n).expect("lab");
     let mut members = Vec::new();
     for i in 0..n {
         let dir = lab.dir.join(format!("data-h{}", i + 1));
         let mut c = lab.command(i, bin.to_str().expect("utf-8"));
-        c.env("NBHD_LOG", "warn")
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["up", "--nick", &format!("m{}", i + 1)]);
+        c.env("NBHD_LOG", "warn").arg("--data-dir").arg(&dir).args([
+            "up",
+            "--nick",
+            &format!("m{}", i + 1),
+        ]);
         let log = lab.dir.join(format!("nbhd-h{}.log", i + 1));
         lab.spawn_command(c, &log).expect("nbhd up");
         members.push(Member {
@@ -133,8 +135,10 @@ fn lab_with_activity(bin: &PathBuf, n: usize) -> (Lab, Vec<Member>, String, u16)
         Client::connect(&members[i].dir).ok()?.call(r).ok()
     };
     for i in 0..n {
-        wait_for(Duration::from_secs(30), || call(i, &Request::Status).is_some())
-            .expect("daemon up");
+        wait_for(Duration::from_secs(30), || {
+            call(i, &Request::Status).is_some()
+        })
+        .expect("daemon up");
     }
     let share = call(
         0,
@@ -191,7 +195,7 @@ struct Run {
     repair: Option<(f64, f64, u64)>,
 }
 
-fn run(bin: &PathBuf, cfg: &Config, n: usize, loss: u8) -> Run {
+fn run(bin: &Path, cfg: &Config, n: usize, loss: u8) -> Run {
     let (mut lab, members, id, _port) = lab_with_activity(bin, n);
     for i in 0..n {
         lab.loss(i, loss).expect("loss");
@@ -224,7 +228,10 @@ fn run(bin: &PathBuf, cfg: &Config, n: usize, loss: u8) -> Run {
     let started = Instant::now();
     for k in 0..cfg.posts {
         let mut text = format!("{k:08} ");
-        text.extend(std::iter::repeat_n('x', cfg.size.saturating_sub(text.len())));
+        text.extend(std::iter::repeat_n(
+            'x',
+            cfg.size.saturating_sub(text.len()),
+        ));
         poster
             .call(&Request::Post {
                 activity: id.clone(),
@@ -277,7 +284,8 @@ fn run(bin: &PathBuf, cfg: &Config, n: usize, loss: u8) -> Run {
     for i in 1..n {
         let log = lab.dir.join(format!("raw-recv-h{}.txt", i + 1));
         let ip = lab.host(i).ip.to_string();
-        lab.spawn(i, &[me, "raw-recv", &ip, "2"], &log).expect("raw-recv");
+        lab.spawn(i, &[me, "raw-recv", &ip, "2"], &log)
+            .expect("raw-recv");
         recv_logs.push(log);
     }
     for log in &recv_logs {
@@ -340,7 +348,7 @@ fn run(bin: &PathBuf, cfg: &Config, n: usize, loss: u8) -> Run {
     }
 }
 
-fn idle(bin: &PathBuf, minutes: f64) -> (f64, u64) {
+fn idle(bin: &Path, minutes: f64) -> (f64, u64) {
     let (lab, _members, _id, port) = lab_with_activity(bin, 10);
     // The quick sessions after the joins are over well within this.
     std::thread::sleep(Duration::from_secs(10));
@@ -351,7 +359,9 @@ fn idle(bin: &PathBuf, minutes: f64) -> (f64, u64) {
 }
 
 fn list(v: &str) -> Vec<u64> {
-    v.split(',').map(|x| x.trim().parse().expect("a number")).collect()
+    v.split(',')
+        .map(|x| x.trim().parse().expect("a number"))
+        .collect()
 }
 
 fn main() {
@@ -368,7 +378,11 @@ fn main() {
     let (mut members, mut losses, mut idle_minutes) = (vec![2, 5, 10], vec![0, 5, 20], 3.0);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().unwrap_or_else(|| panic!("{a} wants a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .unwrap_or_else(|| panic!("{a} wants a value"))
+        };
         match a.as_str() {
             "--posts" => cfg.posts = val().parse().expect("--posts N"),
             "--size" => cfg.size = val().parse().expect("--size BYTES"),
@@ -394,10 +408,19 @@ fn main() {
     println!("# loss: that share of every packet every host receives is dropped (nftables); Clique's repair cannot start before {CLIQUE_REPAIR_FLOOR_MS} ms");
     println!(
         "{:>7} {:>5} {:>8} | {:>9} {:>7} {:>8} | {:>9} {:>7} {:>8} {:>6} | {:>10} {:>10} {:>8}",
-        "members", "loss", "offered",
-        "raw deliv", "MB/s", "posts/s",
-        "nbhd all", "MB/s", "posts/s", "×raw",
-        "repair p50", "repair p99", "repaired"
+        "members",
+        "loss",
+        "offered",
+        "raw deliv",
+        "MB/s",
+        "posts/s",
+        "nbhd all",
+        "MB/s",
+        "posts/s",
+        "×raw",
+        "repair p50",
+        "repair p99",
+        "repaired"
     );
     let mut goal_goodput = None;
     let mut goal_repair = None;

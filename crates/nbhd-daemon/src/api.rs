@@ -21,8 +21,9 @@ pub const DEFAULT_API: &str = "127.0.0.1:7640";
 /// How many ports after the default we try before giving up.
 const PORT_TRIES: u16 = 20;
 const MAX_HEAD: usize = 16 * 1024;
-/// A post of 1 MiB in base64, with room for the JSON around it.
-const MAX_BODY: usize = crate::contract::MAX_POST / 3 * 4 + 64 * 1024;
+/// A post of 1 MiB as JSON: text may be escaped up to six bytes a byte (`\u0001`), with room
+/// around it. The post's own limit is checked after (a usage error, 400).
+const MAX_BODY: usize = crate::contract::MAX_POST * 6 + 64 * 1024;
 /// How long a client has to send its whole request; the answer then takes what it takes (a
 /// delivery waits for its receipt, up to its own timeout).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -204,6 +205,9 @@ fn route(req: &HttpRequest) -> Result<Request, (u16, String)> {
             peer: param("peer"),
         },
         ("GET", ["api", "activities"]) => Request::Activities,
+        ("GET", ["api", "activities", id]) => Request::Activity {
+            activity: decode(id, false),
+        },
         ("GET", ["api", "activities", id, "log"]) => Request::Log {
             activity: decode(id, false),
         },

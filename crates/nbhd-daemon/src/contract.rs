@@ -20,6 +20,10 @@ fn default_kind() -> String {
     "activity".into()
 }
 
+/// Posts larger than this travel in events without their body: a follower that reads slowly
+/// must not make the daemon hold thousands of mebibytes.
+pub const EVENT_BODY_MAX: usize = 64 * 1024;
+
 /// A post's size limit (DESIGN.md §6: a bigger one is a usage error).
 pub const MAX_POST: usize = nbhd_proto::activity::MAX_POST;
 
@@ -57,6 +61,10 @@ pub enum Request {
         kind: String,
     },
     Activities,
+    /// One activity, as `activities` lists it.
+    Activity {
+        activity: String,
+    },
     /// ACTIVITY: an activity's id, its name, or the id of an invitation to it.
     Join {
         activity: String,
@@ -131,6 +139,7 @@ impl Request {
                 usage("an activity's NAME must not be empty")
             }
             Request::Join { activity }
+            | Request::Activity { activity }
             | Request::Leave { activity }
             | Request::Log { activity }
             | Request::Post { activity, .. }
@@ -429,16 +438,7 @@ pub struct PostReply {
     pub seq: u64,
 }
 
-/// `nbhd log`: an activity's posts, in the one total order every member shows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LogReply {
-    /// The activity's id (whatever named it: its name, an invitation's id).
-    pub id: String,
-    pub name: String,
-    pub posts: Vec<LogRow>,
-}
-
-/// One post of an activity's log.
+/// `nbhd log`: one post, in the one total order every member shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogRow {
     /// The poster's peer id.
@@ -451,6 +451,10 @@ pub struct LogRow {
     /// A bytes post, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<String>,
+    /// The post's size in bytes. In events, a post over [`EVENT_BODY_MAX`] comes without its
+    /// text or bytes (`nbhd log` has them).
+    #[serde(default)]
+    pub size: usize,
     /// When its sender posted it (Unix ms, its clock).
     pub at: u64,
 }
@@ -469,9 +473,10 @@ pub enum Reply {
     Delivery(DeliveryReply),
     Share(ShareReply),
     Activities(Vec<ActivitySummary>),
+    Activity(ActivitySummary),
     Membership(MembershipReply),
     Posted(PostReply),
-    Log(LogReply),
+    Log(Vec<LogRow>),
 }
 
 /// One line of `nbhd events --json`: `{type, at, ...}`, `at` in Unix milliseconds.

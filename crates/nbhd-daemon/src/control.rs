@@ -47,8 +47,7 @@ pub async fn serve(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let requests = requests.clone();
-        let events = events.subscribe();
+        let (requests, events) = (requests.clone(), events.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_one(stream, requests, events).await {
                 tracing::debug!("control connection ended: {e}");
@@ -60,7 +59,7 @@ pub async fn serve(
 async fn serve_one(
     stream: tokio::net::UnixStream,
     requests: mpsc::Sender<Pending>,
-    mut events: broadcast::Receiver<Event>,
+    events: broadcast::Sender<Event>,
 ) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut lines = TokioBufReader::new(rd).lines();
@@ -74,6 +73,10 @@ async fn serve_one(
             }
         };
         if request == Request::Events {
+            // Subscribed before the answer: a client that reads something else next (`nbhd
+            // log --follow` reads the log) misses no event after it. Only followers hold
+            // events: a connection waiting for a delivery does not.
+            let mut events = events.subscribe();
             write_line(&mut wr, &json!({"ok": true})).await?;
             loop {
                 let ev = match events.recv().await {

@@ -342,29 +342,46 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ctx)?;
         drop(st);
-        // Each sender's last post in each activity (posts are stored in per-sender order, so the
-        // highest seq is the head of an unbroken run).
+        // Each sender's head in each activity: the last post of its unbroken run from seq 1.
+        // Posts are stored in order, but one write of a group commit may fail while the next
+        // succeeds: a post past a hole is not the head (the hole is fetched again).
         let mut st = self
             .conn
             .prepare(
-                "SELECT activity, sender, seq, first_pkt + frags - 1, lamport FROM posts p
-                 WHERE seq = (SELECT MAX(seq) FROM posts q WHERE q.activity = p.activity AND q.sender = p.sender)",
+                "SELECT activity, sender, seq, first_pkt + frags - 1, lamport FROM posts
+                 ORDER BY activity, sender, seq",
             )
             .map_err(ctx)?;
-        let heads = st
-            .query_map([], |r| {
-                let id: String = r.get(0)?;
-                Ok((
-                    ActivityId::from_hex(&id).ok_or(rusqlite::Error::InvalidQuery)?,
-                    key32(r.get(1)?)?,
-                    r.get::<_, i64>(2)? as u64,
-                    r.get::<_, i64>(3)? as u64,
-                    r.get::<_, i64>(4)? as u64,
-                ))
-            })
-            .map_err(ctx)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ctx)?;
+        let mut rows = st.query([]).map_err(ctx)?;
+        let mut heads: Vec<(ActivityId, [u8; 32], u64, u64, u64)> = Vec::new();
+        let mut broken = false;
+        while let Some(r) = rows.next().map_err(ctx)? {
+            let id: String = r.get(0).map_err(ctx)?;
+            let activity = ActivityId::from_hex(&id)
+                .ok_or_else(|| DaemonError::Other(format!("store: bad activity id {id:?}")))?;
+            let sender = key32(r.get(1).map_err(ctx)?).map_err(ctx)?;
+            let (seq, last_pkt, lamport) = (
+                r.get::<_, i64>(2).map_err(ctx)? as u64,
+                r.get::<_, i64>(3).map_err(ctx)? as u64,
+                r.get::<_, i64>(4).map_err(ctx)? as u64,
+            );
+            match heads.last_mut() {
+                Some(h) if h.0 == activity && h.1 == sender => {
+                    if !broken && seq == h.2 + 1 {
+                        (h.2, h.3, h.4) = (seq, last_pkt, lamport);
+                    } else {
+                        broken = true;
+                    }
+                }
+                _ => {
+                    broken = seq != 1;
+                    if !broken {
+                        heads.push((activity, sender, seq, last_pkt, lamport));
+                    }
+                }
+            }
+        }
+        drop(rows);
         drop(st);
         let mut st = self
             .conn
@@ -752,5 +769,40 @@ mod tests {
         let inv = s.invitations().unwrap();
         assert_eq!(inv[0].relayed_by.as_deref(), Some("dave"));
         assert_eq!(inv[0].received_at, 60);
+    }
+
+    /// A group commit whose write of post 3 failed while post 4's succeeded leaves a hole: the
+    /// sender's head is post 2, so the restarted engine fetches 3 (and 4) again.
+    #[test]
+    fn a_senders_head_is_the_end_of_its_unbroken_run() {
+        let mut s = Store::open(&temp("heads")).unwrap();
+        let activity = ActivityId([1; 16]);
+        let post = |sender: u8, seq: u64| {
+            Record::Post(Post {
+                activity,
+                sender: [sender; 32],
+                nick: "n".into(),
+                seq,
+                first_pkt: 10 * seq,
+                frags: 2,
+                lamport: 100 + seq,
+                at_ms: 1,
+                bytes: false,
+                body: b"x".to_vec(),
+            })
+        };
+        let records = [post(7, 1), post(7, 2), post(7, 4), post(8, 2), post(9, 1)];
+        let refs: Vec<&Record> = records.iter().collect();
+        assert!(s.apply_all("me", &refs, 1).iter().all(Result::is_ok));
+        let mut heads = s.restored(1).unwrap().activities.heads;
+        heads.sort();
+        assert_eq!(
+            heads,
+            vec![
+                (activity, [7; 32], 2, 21, 102),
+                (activity, [9; 32], 1, 11, 101),
+            ],
+            "sender 8 has no seq 1: no head at all"
+        );
     }
 }

@@ -40,16 +40,19 @@ pub struct Received {
 impl UdpChannel {
     /// The mDNS socket: 224.0.0.251:5353.
     pub fn mdns() -> io::Result<UdpChannel> {
-        UdpChannel::group(MDNS_GROUP_V4, MDNS_PORT)
+        // RFC 6762 §11: receivers check nothing, but 255 is customary.
+        UdpChannel::open(MDNS_GROUP_V4, MDNS_PORT, true, 255)
     }
 
+    /// A group of ours (the courier, an activity): TTL 1, the link and no further (DESIGN.md
+    /// §4.4).
     pub fn group(group: Ipv4Addr, port: u16) -> io::Result<UdpChannel> {
-        UdpChannel::open(group, port, true)
+        UdpChannel::open(group, port, true, 1)
     }
 
     /// A unicast socket on a free port (the probe socket; its port goes in TXT `probe`).
     pub fn unicast() -> io::Result<UdpChannel> {
-        UdpChannel::open(Ipv4Addr::UNSPECIFIED, 0, false)
+        UdpChannel::open(Ipv4Addr::UNSPECIFIED, 0, false, 1)
     }
 
     pub fn local_port(&self) -> io::Result<u16> {
@@ -61,7 +64,7 @@ impl UdpChannel {
             .ok_or_else(|| io::Error::other("not an IP socket"))
     }
 
-    fn open(group: Ipv4Addr, port: u16, shared: bool) -> io::Result<UdpChannel> {
+    fn open(group: Ipv4Addr, port: u16, shared: bool, ttl: u32) -> io::Result<UdpChannel> {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
         if shared {
             s.set_reuse_address(true)?;
@@ -70,7 +73,11 @@ impl UdpChannel {
         s.set_nonblocking(true)?;
         s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
         s.set_multicast_loop_v4(true)?;
-        s.set_multicast_ttl_v4(255)?; // RFC 6762 §11: receivers check nothing, but 255 is customary
+        s.set_multicast_ttl_v4(ttl)?;
+        // Bound to 0.0.0.0:port, a socket would otherwise get every group any socket of the
+        // host joined on that port: two activities whose ports meet would read each other's
+        // frames (and count them as forged).
+        s.set_multicast_all_v4(false)?;
         socket::setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
         // SAFETY: `s` is an open socket owned by the AsyncFd from here on; its descriptor never
         // changes while it lives.

@@ -10,7 +10,7 @@ use nbhd_proto::node::{self, Peer};
 use nbhd_proto::paths::Diagnosis;
 
 use crate::contract::{
-    ActivityRow, ActivitySummary, DoctorRow, Event, InvitationRow, LogRow, PeerRow,
+    ActivityRow, ActivitySummary, DoctorRow, Event, InvitationRow, LogRow, PeerRow, EVENT_BODY_MAX,
 };
 
 pub fn unix_ms() -> u64 {
@@ -56,6 +56,7 @@ pub fn log_row(p: &Post) -> LogRow {
         text,
         bytes,
         at: p.at_ms,
+        size: p.body.len(),
     }
 }
 
@@ -101,11 +102,17 @@ pub fn event(e: &node::Event, now: Instant, impostor: impl Fn(&str) -> bool) -> 
             at,
             peer: peer(p, now, impostor(&p.id)),
         },
-        node::Event::Posted { post, .. } | node::Event::Entry(post) => Event::Post {
-            at,
-            activity: post.activity.to_hex(),
-            entry: log_row(post),
-        },
+        node::Event::Posted { post, .. } | node::Event::Entry(post) => {
+            let mut entry = log_row(post);
+            if entry.size > EVENT_BODY_MAX {
+                (entry.text, entry.bytes) = (None, None);
+            }
+            Event::Post {
+                at,
+                activity: post.activity.to_hex(),
+                entry,
+            }
+        }
         node::Event::Member {
             activity,
             peer,

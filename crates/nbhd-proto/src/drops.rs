@@ -30,6 +30,15 @@ pub enum DropReason {
     ForeignInterface,
     /// A bounded table is full (members, senders, packets held out of order).
     TableFull,
+    /// An activity frame that does not open with the activity's key: forged, altered, or a
+    /// stranger's.
+    BadTag,
+    /// An activity frame whose numbering does not fit the sender's stream.
+    BadNumbering,
+    /// An activity frame seen before (same nonce): a replay.
+    Replayed,
+    /// A frame of ours that could not be built (too large): not sent.
+    Unsendable,
 }
 
 impl DropReason {
@@ -47,6 +56,10 @@ impl DropReason {
             DropReason::StoreFailed => "store-failed",
             DropReason::ForeignInterface => "foreign-interface",
             DropReason::TableFull => "table-full",
+            DropReason::BadTag => "bad-tag",
+            DropReason::BadNumbering => "bad-numbering",
+            DropReason::Replayed => "replayed",
+            DropReason::Unsendable => "unsendable",
         }
     }
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nbhd_daemon::contract::{
-    DeliveryReply, Event, LogReply, LogRow, Request, DEFAULT_TIMEOUT_S, MAX_POST,
+    ActivitySummary, DeliveryReply, Event, LogRow, Request, DEFAULT_TIMEOUT_S, MAX_POST,
 };
 use nbhd_daemon::control::Client;
 use nbhd_daemon::{DaemonError, DataDir, UpOptions};
@@ -385,33 +385,24 @@ fn read_post_file(path: &Path) -> Result<String, DaemonError> {
 
 /// `nbhd log [--follow]`: the stored log, then (following) each post that arrives after it.
 /// The events are subscribed to before the log is read, so nothing falls between the two; a
-/// post in both is printed once.
+/// post in both is printed once. A follower that fell behind reads the log again.
 fn log(dir: &DataDir, activity: String, follow: bool, json: bool) -> Result<(), DaemonError> {
-    let request = Request::Log { activity };
+    let request = Request::Log {
+        activity: activity.clone(),
+    };
     request
         .validate()
         .map_err(|e| DaemonError::Usage(e.error))?;
-    let mut events = if follow {
-        let mut c = Client::connect(dir)?;
-        c.subscribe()?;
-        Some(c)
-    } else {
-        None
-    };
-    let v = Client::connect(dir)?.call(&request)?;
-    let log: LogReply = serde_json::from_value(v.clone())
-        .map_err(|e| DaemonError::other("the daemon's reply does not match this nbhd", e))?;
-    let Some(events) = events.as_mut() else {
-        if json {
-            print::json(&v);
-        } else {
-            print::log(&log);
-        }
-        return Ok(());
-    };
+    if !follow {
+        return query(dir, request, json, |rows: Vec<LogRow>| print::log(&rows));
+    }
+    let mut events = Client::connect(dir)?;
+    events.subscribe()?;
+    let mut calls = Client::connect(dir)?;
+    let found: ActivitySummary = typed(calls.call(&Request::Activity { activity })?)?;
+    let mut seen: HashSet<(String, u64)> = HashSet::new();
     // Following: one post per line (with --json, one LogRow object per line, like
     // `nbhd events --json`).
-    let mut seen: HashSet<(String, u64)> = HashSet::new();
     let mut show = |row: &LogRow| {
         if !seen.insert((row.sender.clone(), row.seq)) {
             return true;
@@ -422,21 +413,40 @@ fn log(dir: &DataDir, activity: String, follow: bool, json: bool) -> Result<(), 
             print::line(&print::log_line(row))
         }
     };
-    for row in &log.posts {
-        show(row);
-    }
+    let stored = |calls: &mut Client, show: &mut dyn FnMut(&LogRow) -> bool| {
+        let rows: Vec<LogRow> = typed(calls.call(&request)?)?;
+        for row in &rows {
+            show(row);
+        }
+        Ok::<(), DaemonError>(())
+    };
+    stored(&mut calls, &mut show)?;
+    let mut failed = None;
     events.each_event(|ev| match ev {
         Event::Post {
             activity, entry, ..
-        } if activity == log.id => show(&entry),
+        } if activity == found.id => show(&entry),
         Event::Lagged { missed, .. } => {
             eprintln!(
-                "nbhd: {missed} events were missed (this reader was too slow); `nbhd log` shows every post"
+                "nbhd: {missed} events missed (this reader fell behind): reading the log again"
             );
-            true
+            match stored(&mut calls, &mut show) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
         }
         _ => true,
-    })
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
+/// A reply as the contract's type.
+fn typed<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, DaemonError> {
+    serde_json::from_value(v)
+        .map_err(|e| DaemonError::other("the daemon's reply does not match this nbhd", e))
 }
 
 fn trace(

@@ -5,8 +5,8 @@
 use std::io::Write;
 
 use nbhd_daemon::contract::{
-    ActivitySummary, DeliveryReply, DoctorRow, Event, InvitationRow, LogReply, LogRow,
-    MembershipReply, MessageRow, PeerRow, PostReply, ShareReply, StatsReply, StatusReply,
+    ActivitySummary, DeliveryReply, DoctorRow, Event, InvitationRow, LogRow, MembershipReply,
+    MessageRow, PeerRow, PostReply, ShareReply, StatsReply, StatusReply,
 };
 use nbhd_daemon::DataDir;
 use serde_json::Value;
@@ -243,26 +243,24 @@ pub fn posted(r: &PostReply) {
     line(&format!("posted #{} to {}", r.seq, r.id));
 }
 
-pub fn log(r: &LogReply) {
-    if r.posts.is_empty() {
-        line(&format!("no posts in {:?} yet", r.name));
+pub fn log(rows: &[LogRow]) {
+    if rows.is_empty() {
+        line("no posts yet");
     }
-    for p in &r.posts {
+    for p in rows {
         if !line(&log_line(p)) {
             return;
         }
     }
 }
 
-/// One post: `nick: text`, or a bytes post's size.
+/// One post: `nick: text`, or a bytes post's size (or a big one's, which events carry
+/// without its body).
 pub fn log_line(p: &LogRow) -> String {
     match (&p.text, &p.bytes) {
         (Some(t), _) => format!("{}: {t}", p.nick),
-        (None, Some(b)) => {
-            let padding = b.bytes().rev().take_while(|c| *c == b'=').count();
-            format!("{}: [{} bytes]", p.nick, b.len() / 4 * 3 - padding)
-        }
-        (None, None) => format!("{}: [empty]", p.nick),
+        (None, Some(_)) => format!("{}: [{} bytes]", p.nick, p.size),
+        (None, None) => format!("{}: [{} bytes: see nbhd log]", p.nick, p.size),
     }
 }
 

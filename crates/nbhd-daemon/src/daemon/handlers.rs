@@ -8,8 +8,8 @@ use nbhd_proto::node::{ActivityId, Command, CommandError, Outcome};
 
 use super::Daemon;
 use crate::contract::{
-    post_body, ActivityStats, ChannelStats, DropCounts, ErrorReply, IfaceRow, Latency, LogReply,
-    MdnsStats, MembershipReply, Reply, Request, ShareReply, StatsReply, StatusReply,
+    post_body, ActivityStats, ChannelStats, DropCounts, ErrorReply, IfaceRow, Latency, MdnsStats,
+    MembershipReply, Reply, Request, ShareReply, StatsReply, StatusReply,
 };
 use crate::control::Pending;
 use crate::view;
@@ -115,6 +115,25 @@ impl Daemon {
                     .map(view::activity)
                     .collect(),
             ),
+            Request::Activity { activity } => {
+                let found = self.node.resolve_activity(&activity).map(|info| {
+                    let all = self.node.activities(now);
+                    all.iter()
+                        .find(|s| s.info.id == info.id)
+                        .map(view::activity)
+                        .unwrap_or_else(|| {
+                            view::activity(&nbhd_proto::activity::Summary {
+                                info,
+                                joined: false,
+                                members: 0,
+                            })
+                        })
+                });
+                match found {
+                    Ok(a) => Reply::Activity(a),
+                    Err(e) => return Handled::Now(Err(command_error(e))),
+                }
+            }
             Request::Join { activity } => {
                 return self.membership(Command::Join { activity });
             }
@@ -150,11 +169,7 @@ impl Daemon {
                     Err(e) => return Handled::Now(Err(command_error(e))),
                 };
                 match self.store.log(&info.id) {
-                    Ok(posts) => Reply::Log(LogReply {
-                        id: info.id.to_hex(),
-                        name: info.name,
-                        posts: posts.iter().map(view::log_row).collect(),
-                    }),
+                    Ok(posts) => Reply::Log(posts.iter().map(view::log_row).collect()),
                     Err(e) => return Handled::Now(Err(ErrorReply::failed(e.to_string()))),
                 }
             }

@@ -77,6 +77,8 @@ struct ActivitySocket {
     reader: tokio::task::JoinHandle<()>,
 }
 
+/// Activity datagrams handled together before the Node's output is carried out.
+const ACTIVITY_BATCH: usize = 64;
 /// What an activity's socket may hold unread: bursts of repairs arrive faster than any loop.
 const ACTIVITY_RCVBUF: usize = 4 << 20;
 
@@ -163,6 +165,8 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
     let host = host.split('.').next().unwrap_or("host").to_string();
     let mut seed_bytes = [0u8; 8];
     getrandom::getrandom(&mut seed_bytes).map_err(|e| DaemonError::other("OS randomness", e))?;
+    let mut entropy = [0u8; 32];
+    getrandom::getrandom(&mut entropy).map_err(|e| DaemonError::other("OS randomness", e))?;
     let started = Instant::now();
     let node = Node::new(
         Config {
@@ -176,6 +180,7 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
             probe_port,
             record_ttl: opts.record_ttl,
             seed: u64::from_le_bytes(seed_bytes),
+            entropy,
         },
         // Receivers deduplicate across restarts too (DESIGN.md §4.2).
         store.restored(view::unix_ms())?,
@@ -244,13 +249,23 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
             r = d.courier.recv(&mut cbuf) => d.on_datagram(Channel::Courier, &cbuf[..], r),
             r = d.probe.recv(&mut pbuf) => d.on_datagram(Channel::Probe, &pbuf[..], r),
             Some(ev) = net_rx.recv() => d.on_net(ev),
-            Some(dg) = activity_rx.recv() => d.node.handle_datagram(
-                Instant::now(),
-                Channel::Activity(dg.id),
-                IfaceId(dg.ifindex),
-                dg.src,
-                &dg.bytes,
-            ),
+            Some(dg) = activity_rx.recv() => {
+                // What else has arrived too, up to a batch, before the next flush: their store
+                // writes go in one commit (one fsync), and other inputs wait no longer.
+                let mut next = Some(dg);
+                let mut n = 0;
+                while let Some(dg) = next {
+                    d.node.handle_datagram(
+                        Instant::now(),
+                        Channel::Activity(dg.id),
+                        IfaceId(dg.ifindex),
+                        dg.src,
+                        &dg.bytes,
+                    );
+                    n += 1;
+                    next = if n < ACTIVITY_BATCH { activity_rx.try_recv().ok() } else { None };
+                }
+            }
             _ = sleep_until(wake) => d.node.handle_timeout(Instant::now()),
             Some(p) = req_rx.recv() => d.on_request(p),
             _ = iface_poll.tick() => match ifaces::select(&d.wanted_ifaces) {
@@ -408,6 +423,11 @@ impl Daemon {
     fn flush(&mut self) {
         loop {
             let mut busy = false;
+            // Channels first: an activity's first frame (its join) needs its socket.
+            while let Some(c) = self.node.poll_channel() {
+                busy = true;
+                self.on_channel(c);
+            }
             while let Some(t) = self.node.poll_transmit() {
                 busy = true;
                 self.send(t);
@@ -448,10 +468,6 @@ impl Daemon {
                 });
                 self.node.handle_loaded(Instant::now(), token, posts);
             }
-            while let Some(c) = self.node.poll_channel() {
-                busy = true;
-                self.on_channel(c);
-            }
             while let Some(e) = self.node.poll_event() {
                 busy = true;
                 self.on_event(e);
@@ -488,8 +504,14 @@ impl Daemon {
                 let reader = tokio::spawn(async move {
                     let mut buf = udp::new_buffer();
                     loop {
-                        let Ok(rx) = reader_socket.recv(&mut buf).await else {
-                            continue;
+                        let rx = match reader_socket.recv(&mut buf).await {
+                            Ok(rx) => rx,
+                            Err(e) => {
+                                // Not a busy loop on an error that stays.
+                                tracing::warn!(activity = %id, "receive failed: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
                         };
                         if rx.truncated {
                             oversized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

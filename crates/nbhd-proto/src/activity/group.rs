@@ -18,7 +18,7 @@
 //! Every table is bounded (out-of-order packets per sender, cached packets, members, senders),
 //! and what is refused past a bound is counted.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -70,6 +70,8 @@ pub const MAX_REPAIRS_PER_NACK: usize = 256;
 pub const MAX_SENDERS: usize = 4096;
 /// Packets missing from one sender beyond which the repairs arriving are a bulk transfer.
 pub const BULK: u64 = 64;
+/// Frames remembered (by nonce) to drop replays.
+pub const REPLAY_WINDOW: usize = 8192;
 /// Posts of one sender handed to the store and not yet confirmed.
 pub const MAX_STORING: u64 = 256;
 
@@ -102,7 +104,7 @@ impl Sender {
 
     /// Posts handed to the store, not yet confirmed.
     fn storing(&self) -> u64 {
-        self.handed_post - self.stored_post
+        self.handed_post.saturating_sub(self.stored_post)
     }
 }
 
@@ -145,10 +147,15 @@ pub(crate) struct Group {
     loading: BTreeSet<([u8; 32], u64)>,
     cache: BTreeMap<([u8; 32], u64), Data>,
     cache_order: VecDeque<([u8; 32], u64)>,
+    /// Nonces of the frames received lately, to drop replays.
+    nonces: HashSet<[u8; 24]>,
+    nonce_order: VecDeque<[u8; 24]>,
     /// Packets repaired lately, by us or heard, and when: see [`REPAIR_HOLDOFF`].
     recent: BTreeMap<([u8; 32], u64), Instant>,
     recent_order: VecDeque<(Instant, ([u8; 32], u64))>,
     session_at: Option<Instant>,
+    /// Our answer to a newcomer's join: a session no other member's stands for.
+    join_answer_at: Option<Instant>,
     quick_left: usize,
     last_sent: Instant,
     next_request: u64,
@@ -174,7 +181,10 @@ impl Group {
             cache_order: VecDeque::new(),
             recent: BTreeMap::new(),
             recent_order: VecDeque::new(),
+            nonces: HashSet::new(),
+            nonce_order: VecDeque::new(),
             session_at: None,
+            join_answer_at: None,
             quick_left: 0,
             last_sent: now,
             next_request: 1,
@@ -226,11 +236,11 @@ impl Group {
                 out.stats.frames_out += 1;
                 out.transmits.push_back((self.info.id, bytes));
             }
-            Err(e) => out.events.push_back(Event::Dropped {
-                activity: self.info.id,
-                reason: DropReason::BadFrame,
-                detail: format!("cannot send our own frame: {e}"),
-            }),
+            Err(e) => self.drop_input(
+                out,
+                DropReason::Unsendable,
+                format!("cannot send our own frame: {e}"),
+            ),
         }
     }
 
@@ -274,6 +284,7 @@ impl Group {
         self.send(out, Body::Leave);
         self.joined = false;
         self.session_at = None;
+        self.join_answer_at = None;
         self.repairs.clear();
         for s in self.senders.values_mut() {
             s.nack_at = None;
@@ -341,7 +352,9 @@ impl Group {
             seq: self.next_post,
             first_pkt: self.next_pkt,
             frags,
-            lamport: self.lamport + 1,
+            // Capped: a member's post at the top of the range must not stop everyone's next
+            // (ties are broken by sender and seq, so the order stays one and total).
+            lamport: (self.lamport + 1).min(wire::MAX_SEQ - 1),
             at_ms: p.at_ms,
             bytes: p.bytes,
             body: p.body,
@@ -421,7 +434,7 @@ impl Group {
                 Ok(r) => r,
                 Err(wire::Error::BadTag) => return self.drop_input(
                     out,
-                    DropReason::BadSignature,
+                    DropReason::BadTag,
                     "a frame that does not open with the activity key (forged, or a stranger's)"
                         .into(),
                 ),
@@ -429,6 +442,19 @@ impl Group {
             };
         if r.sender == self.me {
             return; // our own, back through multicast loopback
+        }
+        // Every frame is sealed under a fresh random nonce: one seen before is a replay (of a
+        // capture: it needs no key). Remembered for the last REPLAY_WINDOW frames.
+        if let Some(nonce) = wire::nonce_of(bytes) {
+            if !self.nonces.insert(nonce) {
+                return self.drop_input(out, DropReason::Replayed, "a frame seen before".into());
+            }
+            self.nonce_order.push_back(nonce);
+            if self.nonce_order.len() > REPLAY_WINDOW {
+                if let Some(old) = self.nonce_order.pop_front() {
+                    self.nonces.remove(&old);
+                }
+            }
         }
         let nick = match &r.body {
             Body::Data(d) => Some(d.nick.clone()),
@@ -445,10 +471,12 @@ impl Group {
             Body::Nack(entries) => self.on_nack(now, out, entries),
             Body::Session(entries) => self.on_session(now, out, entries),
             Body::Join { .. } => {
-                // Tell the newcomer what there is, soon (it asks for what it lacks).
+                // Tell the newcomer what there is, and that we are here, soon: every member
+                // answers (another's answer does not stand for ours), so the newcomer counts
+                // every member at once, not at their idle sessions a minute later.
                 let at = now
                     + Duration::from_millis(out.rng.gen_range(JOIN_ANSWER_MS.0..=JOIN_ANSWER_MS.1));
-                self.session_at = Some(self.session_at.map_or(at, |t| t.min(at)));
+                self.join_answer_at = Some(self.join_answer_at.map_or(at, |t| t.min(at)));
             }
             Body::Leave => {}
         }
@@ -638,7 +666,7 @@ impl Group {
             let expected = s.handed_post + 1;
             self.drop_input(
                 out,
-                DropReason::MalformedStanza,
+                DropReason::BadNumbering,
                 format!("packet {next} is not the start of post {expected}"),
             );
             return false;
@@ -749,12 +777,14 @@ impl Group {
             for (a, b) in ranges {
                 let mut p = a;
                 while p <= b.min(held) && budget > 0 {
+                    // Skipped or not, each asked-for packet costs the budget: a NACK cannot
+                    // make us walk more than MAX_REPAIRS_PER_NACK of them.
+                    budget -= 1;
                     let sent_at = self.recent.get(&(sender, p));
                     if sent_at.is_some_and(|t| *t + REPAIR_HOLDOFF > now) {
                         p += 1;
                         continue;
                     }
-                    budget -= 1;
                     let delay = if sender == self.me {
                         Duration::ZERO
                     } else {
@@ -863,12 +893,12 @@ impl Group {
             s.nack_rto = (s.nack_rto * 2).min(NACK_RTO_MAX);
             entries.push((sender, ranges));
         }
-        for chunk in entries.chunks(wire::MAX_ENTRIES) {
-            out.stats.nacks_out += 1;
-            self.send(out, Body::Nack(chunk.to_vec()));
-        }
         if !entries.is_empty() {
             self.last_sent = now;
+        }
+        for frame in wire::pack_nack(entries) {
+            out.stats.nacks_out += 1;
+            self.send(out, Body::Nack(frame));
         }
     }
 
@@ -957,7 +987,10 @@ impl Group {
         }
         self.send_repairs(now, out);
         self.send_nacks(now, out);
-        if self.session_at.is_some_and(|t| t <= now) || self.last_sent + KEEPALIVE <= now {
+        let answer = self.join_answer_at.is_some_and(|t| t <= now);
+        if answer || self.session_at.is_some_and(|t| t <= now) || self.last_sent + KEEPALIVE <= now
+        {
+            self.join_answer_at = None;
             self.send_session(now, out);
             self.session_at = Some(if self.quick_left > 0 {
                 let i = SESSION_QUICK.len() - self.quick_left;
@@ -998,6 +1031,7 @@ impl Group {
             .min();
         [
             self.session_at,
+            self.join_answer_at,
             Some(self.last_sent + KEEPALIVE),
             nacks,
             repairs,

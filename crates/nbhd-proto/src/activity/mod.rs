@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::rngs::StdRng;
+use rand::Rng;
 
 use crate::drops::DropReason;
 use crate::identity::Identity;
@@ -231,14 +231,15 @@ pub struct Activities {
     transmits: VecDeque<(ActivityId, Vec<u8>)>,
     channels: VecDeque<ChannelChange>,
     events: VecDeque<Event>,
-    rng: SmallRng,
+    /// A CSPRNG (from the driver's entropy): it draws keys, ids and every frame's nonce.
+    rng: StdRng,
     stats: Stats,
 }
 
 /// What a group asks of the engine around it while it handles an input.
 pub(crate) struct Out<'a> {
     pub nick: &'a str,
-    pub rng: &'a mut SmallRng,
+    pub rng: &'a mut StdRng,
     pub next_token: &'a mut u64,
     pub writes: &'a mut VecDeque<(u64, Write)>,
     pub waiting: &'a mut BTreeMap<u64, ActivityId>,
@@ -252,7 +253,7 @@ impl Activities {
     pub fn new(
         me: Identity,
         nick: &str,
-        seed: u64,
+        rng: StdRng,
         restored: Restored,
         now: Instant,
     ) -> Activities {
@@ -268,7 +269,7 @@ impl Activities {
             transmits: VecDeque::new(),
             channels: VecDeque::new(),
             events: VecDeque::new(),
-            rng: SmallRng::seed_from_u64(seed),
+            rng,
             stats: Stats::default(),
         };
         let me = a.me.public();

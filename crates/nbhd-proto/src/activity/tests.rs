@@ -28,6 +28,7 @@ fn config(i: usize) -> Config {
         probe_port: PROBE_PORT,
         record_ttl: None,
         seed: 500 + i as u64,
+        entropy: [0x80 + i as u8; 32],
     }
 }
 
@@ -480,7 +481,7 @@ fn a_private_activity_is_unadvertised_unreadable_to_outsiders_and_their_forgerie
             .stats()
             .activity
             .dropped
-            .get(&DropReason::BadSignature),
+            .get(&DropReason::BadTag),
         Some(&1)
     );
     assert_eq!(log(&net, 1, &a).len(), 1);
@@ -644,4 +645,114 @@ fn a_member_whose_store_fails_for_a_while_ends_with_the_complete_log() {
     );
     assert_eq!(keys(&net, 2, &a), keys(&net, 1, &a));
     assert!(complete(&keys(&net, 2, &a)));
+}
+
+/// A key holder's post at the top of the Lamport range does not stop the next posts: they are
+/// capped there and still reach everyone (the order stays total: sender, then seq).
+#[test]
+fn a_post_at_the_top_of_the_lamport_range_does_not_stop_the_next_ones() {
+    let mut net = net(2, 14);
+    let a = share(&mut net, 0, "top", false);
+    net.run_for(Duration::from_secs(2));
+    join(&mut net, 1, "top").expect("join");
+    net.run_for(Duration::from_millis(200));
+    let frame = wire::Repr {
+        activity: a.id,
+        sender: [9; 32],
+        body: wire::Body::Data(wire::Data {
+            pkt: 1,
+            post: 1,
+            lamport: wire::MAX_SEQ - 1,
+            at_ms: 1,
+            frag: 0,
+            frags: 1,
+            bytes: false,
+            repair: false,
+            nick: "mallory".into(),
+            chunk: b"top".to_vec(),
+        }),
+    }
+    .emit(&a.key, &[3; 24])
+    .unwrap();
+    let src = std::net::SocketAddr::new(std::net::IpAddr::V4([10, 0, 0, 99].into()), a.port);
+    for i in 0..2 {
+        net.inject(i, crate::node::Channel::Activity(a.id), src, &frame);
+    }
+    net.run_for(Duration::from_millis(100));
+    post(&mut net, 1, &a, "after");
+    post(&mut net, 0, &a, "and again");
+    let both = net.run_until_true(Duration::from_secs(5), |net| {
+        (0..2).all(|i| net.stores[i].log(a.id).len() == 3)
+    });
+    assert!(
+        both.is_some(),
+        "{:?} / {:?}",
+        log(&net, 0, &a),
+        log(&net, 1, &a)
+    );
+    assert_eq!(keys(&net, 0, &a), keys(&net, 1, &a));
+    assert!(keys(&net, 0, &a)
+        .iter()
+        .all(|(_, _, l)| *l == wire::MAX_SEQ - 1));
+}
+
+/// Frames captured and sent again (no key needed) are dropped and counted, whatever their
+/// kind: data, session or join.
+#[test]
+fn replayed_frames_are_dropped_and_counted() {
+    let mut net = net(2, 15);
+    let a = share(&mut net, 0, "replay", false);
+    net.run_for(Duration::from_secs(2));
+    join(&mut net, 1, "replay").expect("join");
+    // What alice sends from here on, bob has received once.
+    let joined = net.now;
+    net.run_for(Duration::from_millis(200));
+    post(&mut net, 0, &a, "once");
+    net.run_for(Duration::from_secs(3));
+    let captured: Vec<Vec<u8>> = net
+        .sent
+        .iter()
+        .filter(|s| s.at > joined && s.from == 0)
+        .filter(|s| s.channel == crate::node::Channel::Activity(a.id))
+        .map(|s| s.payload.clone())
+        .collect();
+    assert!(captured.len() >= 3, "a join, the post, sessions");
+    let before = net
+        .host(1)
+        .stats()
+        .activity
+        .dropped
+        .get(&DropReason::Replayed)
+        .copied();
+    let src = std::net::SocketAddr::new(std::net::IpAddr::V4([10, 0, 0, 99].into()), a.port);
+    for f in &captured {
+        net.inject(1, crate::node::Channel::Activity(a.id), src, f);
+    }
+    net.run_for(Duration::from_millis(100));
+    let after = net.host(1).stats().activity.dropped[&DropReason::Replayed];
+    assert_eq!(after - before.unwrap_or(0), captured.len() as u64);
+    assert_eq!(log(&net, 1, &a), vec!["once"]);
+}
+
+/// A newcomer hears from every member at once (each answers its join), not at their idle
+/// sessions a minute later.
+#[test]
+fn a_newcomer_counts_every_member_within_a_second() {
+    let mut net = net(4, 16);
+    let a = share(&mut net, 0, "roll", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 1..3 {
+        join(&mut net, i, "roll").expect("join");
+        // Long enough for the quick sessions after a change to be over.
+        net.run_for(Duration::from_secs(5));
+    }
+    join(&mut net, 3, &a.id.to_hex()).expect("join");
+    let all = net.run_until_true(Duration::from_secs(1), |net| {
+        net.host(3).activities(net.now)[0].members == 4
+    });
+    assert!(
+        all.is_some(),
+        "{} members",
+        net.host(3).activities(net.now)[0].members
+    );
 }

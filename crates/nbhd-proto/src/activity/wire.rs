@@ -208,6 +208,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 }
 
+/// Fragments of the largest post.
+pub const MAX_FRAGS: u16 = super::MAX_POST.div_ceil(MAX_CHUNK) as u16;
+
 /// One fragment of a post.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Data {
@@ -228,6 +231,64 @@ pub struct Data {
 }
 
 /// One sender's missing packets: its key and inclusive ranges of packet seqs.
+impl Data {
+    /// What every member relies on, checked on the way in and out: numbers in range, and a
+    /// post cut the one way every member cuts it again to repair it from its store (full
+    /// chunks but the last), no larger than the largest post.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.pkt == 0 || self.post == 0 || self.frags == 0 || self.frag >= self.frags {
+            return Err(Error::Malformed("data numbering"));
+        }
+        if self.pkt >= MAX_SEQ || self.post >= MAX_SEQ || self.lamport >= MAX_SEQ {
+            return Err(Error::Malformed("sequence number out of range"));
+        }
+        if self.frags > MAX_FRAGS {
+            return Err(Error::Malformed("more fragments than the largest post has"));
+        }
+        let last = self.frag + 1 == self.frags;
+        let cut = if last {
+            self.chunk.len() <= MAX_CHUNK && (self.frags == 1 || !self.chunk.is_empty())
+        } else {
+            self.chunk.len() == MAX_CHUNK
+        };
+        if !cut {
+            return Err(Error::Malformed(
+                "a fragment not cut as every member cuts it",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A frame's nonce (unique to it: drawn at random for every frame sent), if it is long enough
+/// to have one.
+pub fn nonce_of(frame: &[u8]) -> Option<[u8; 24]> {
+    frame.get(field::NONCE)?.try_into().ok()
+}
+
+/// Room for a body in one frame.
+pub const MAX_BODY: usize = MAX_FRAME - HEADER_LEN - TAG_LEN;
+
+/// NACK entries packed into as few frames as their encoded size allows ([`MAX_BODY`], and
+/// [`MAX_ENTRIES`] each): counting entries alone would make frames too big to send.
+pub fn pack_nack(entries: Vec<NackEntry>) -> Vec<Vec<NackEntry>> {
+    let size = |e: &NackEntry| 32 + 2 + 16 * e.1.len();
+    let (mut frames, mut cur, mut used) = (Vec::new(), Vec::new(), 2);
+    for e in entries {
+        let n = size(&e);
+        if !cur.is_empty() && (used + n > MAX_BODY || cur.len() == MAX_ENTRIES) {
+            frames.push(std::mem::take(&mut cur));
+            used = 2;
+        }
+        used += n;
+        cur.push(e);
+    }
+    if !cur.is_empty() {
+        frames.push(cur);
+    }
+    frames
+}
+
 pub type NackEntry = ([u8; 32], Vec<(u64, u64)>);
 
 /// A frame's meaning.
@@ -337,16 +398,7 @@ impl Body {
                 let nick = r.nick()?;
                 let chunk = r.b.to_vec();
                 r.b = &[];
-                if pkt == 0 || post == 0 || frags == 0 || frag >= frags {
-                    return Err(Error::Malformed("data numbering"));
-                }
-                if pkt >= MAX_SEQ || post >= MAX_SEQ || lamport >= MAX_SEQ {
-                    return Err(Error::Malformed("sequence number out of range"));
-                }
-                if chunk.len() > MAX_CHUNK {
-                    return Err(Error::Malformed("chunk too long"));
-                }
-                Body::Data(Data {
+                let d = Data {
                     pkt,
                     post,
                     lamport,
@@ -357,7 +409,9 @@ impl Body {
                     repair: flags & 2 != 0,
                     nick,
                     chunk,
-                })
+                };
+                d.check()?;
+                Body::Data(d)
             }
             Kind::Nack => {
                 let n = r.u16()? as usize;
@@ -410,9 +464,7 @@ impl Body {
         let mut body = Vec::new();
         match self {
             Body::Data(d) => {
-                if d.chunk.len() > MAX_CHUNK || d.frag >= d.frags || d.pkt == 0 || d.post == 0 {
-                    return Err(Error::Malformed("data fields"));
-                }
+                d.check()?;
                 body.extend_from_slice(&d.pkt.to_be_bytes());
                 body.extend_from_slice(&d.post.to_be_bytes());
                 body.extend_from_slice(&d.lamport.to_be_bytes());
@@ -511,7 +563,7 @@ mod tests {
                 post: 4,
                 lamport: 17,
                 at_ms: 1_700_000_000_123,
-                frag: 1,
+                frag: 2,
                 frags: 3,
                 bytes: true,
                 repair: false,
@@ -527,8 +579,13 @@ mod tests {
             sender: [0x5e; 32],
             body,
         };
+        // An empty post: one fragment, no bytes.
+        let mut empty = data(vec![]);
+        if let Body::Data(d) = &mut empty.body {
+            (d.frag, d.frags) = (0, 1);
+        }
         vec![
-            data(vec![]),
+            empty,
             data(vec![0xab; MAX_CHUNK]),
             r(Body::Nack(vec![
                 ([1; 32], vec![(1, 1), (5, 9)]),
@@ -615,9 +672,72 @@ mod tests {
         let Body::Data(mut d) = data(vec![1]).body else {
             unreachable!()
         };
-        d.lamport = MAX_SEQ;
-        let bytes = Body::Data(d).emit().unwrap();
+        let mut bytes = Body::Data(d.clone()).emit().unwrap();
+        // The body opens with pkt, post, then the Lamport time.
+        bytes[16..24].copy_from_slice(&MAX_SEQ.to_be_bytes());
         assert!(Body::parse(Kind::Data, &bytes).is_err());
+        d.lamport = MAX_SEQ;
+        assert!(
+            Body::Data(d).emit().is_err(),
+            "what parse refuses, emit refuses"
+        );
+    }
+
+    /// Thirty senders' NACKs do not fit one frame: they are packed by size, every frame
+    /// within MAX_FRAME, nothing left out.
+    #[test]
+    fn nacks_are_packed_by_size_into_frames_that_can_be_sent() {
+        let many: Vec<NackEntry> = (0..30u8).map(|k| ([k; 32], vec![(1, 2)])).collect();
+        let wide: Vec<NackEntry> = (0..3u8)
+            .map(|k| {
+                (
+                    [k; 32],
+                    (0..MAX_RANGES as u64)
+                        .map(|r| (2 * r + 1, 2 * r + 1))
+                        .collect(),
+                )
+            })
+            .collect();
+        for entries in [many, wide] {
+            let frames = pack_nack(entries.clone());
+            assert!(frames.len() > 1);
+            assert_eq!(frames.concat(), entries);
+            for f in frames {
+                let r = Repr {
+                    activity: ActivityId([1; 16]),
+                    sender: [2; 32],
+                    body: Body::Nack(f),
+                };
+                assert!(r.emit(&KEY, &NONCE).is_ok());
+            }
+        }
+    }
+
+    /// Repairs from a store cut the post again: only the one cut every member makes is taken
+    /// (full chunks but the last), and no more fragments than the largest post has.
+    #[test]
+    fn fragments_not_cut_the_common_way_are_refused() {
+        let Body::Data(d) = data(vec![1; 10]).body else {
+            unreachable!()
+        };
+        let with = |frag: u16, frags: u16, len: usize| Data {
+            frag,
+            frags,
+            chunk: vec![1; len],
+            ..d.clone()
+        };
+        assert!(with(0, 3, MAX_CHUNK).check().is_ok());
+        assert!(with(2, 3, 10).check().is_ok());
+        assert!(with(0, 1, 0).check().is_ok(), "an empty post");
+        assert!(
+            with(0, 3, 10).check().is_err(),
+            "a short chunk before the last"
+        );
+        assert!(with(2, 3, 0).check().is_err(), "an empty last chunk");
+        assert!(with(0, MAX_FRAGS, MAX_CHUNK).check().is_ok());
+        assert!(with(0, MAX_FRAGS + 1, MAX_CHUNK).check().is_err());
+        let bytes = Body::Data(with(0, 3, 10)).emit();
+        assert!(bytes.is_err());
     }
 
     #[test]

@@ -85,6 +85,12 @@ impl Node {
                 } else {
                     kind.trim().to_string()
                 };
+                // It travels in our TXT record as `id,key,type,name` (DESIGN.md §4.4).
+                if kind.len() > 32 || kind.contains(',') {
+                    return Err(CommandError::Usage(
+                        "an activity's TYPE is at most 32 bytes, without commas".into(),
+                    ));
+                }
                 let info = self.activities.create(now, &name, &kind, private);
                 self.advertise(now);
                 Ok(Outcome::Activity { info, joined: true })

@@ -16,8 +16,10 @@ use crate::paths::{Contact, PathsTransmit};
 
 /// TXT keys advertising a public activity: `act1`, `act2`, ... (RFC 6763 §6.4: one key once).
 const ACT_KEY: &str = "act";
-/// At most this many advertised (a TXT record should stay within one datagram).
-const MAX_ADVERTISED: usize = 8;
+/// At most this many advertised: each entry is up to ~215 bytes (id, key, a 32-byte type, a
+/// 100-byte name), and our TXT record, with the rest of the announcement, must stay within one
+/// 1400-byte datagram.
+const MAX_ADVERTISED: usize = 4;
 
 /// An invited activity, its key unsealed with ours; None if it carries none we can open.
 pub(super) fn unseal(me: &Identity, a: &Activity) -> Option<ActivityInfo> {

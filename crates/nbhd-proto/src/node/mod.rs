@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use rand::rngs::SmallRng;
+use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::activity::{self, Activities, ActivityInfo, ChannelChange, Load, MemberChange, Post};
@@ -137,7 +137,23 @@ pub struct Config {
     pub probe_port: u16,
     /// TTL of every record we announce; None: RFC 6762's defaults.
     pub record_ttl: Option<u32>,
+    /// Seeds what only needs to look random to the protocols (jitter, frame ids).
     pub seed: u64,
+    /// 32 bytes from the OS's CSPRNG: seeds what must be unpredictable to others (activity
+    /// keys and ids, frame nonces, the ephemeral halves that seal keys to invitees).
+    pub entropy: [u8; 32],
+}
+
+/// A CSPRNG for one use of [`Config::entropy`], told apart by `label`.
+pub fn secret_rng(entropy: &[u8; 32], label: &[u8]) -> StdRng {
+    use sha2::{Digest, Sha256};
+    StdRng::from_seed(
+        Sha256::new()
+            .chain_update(entropy)
+            .chain_update(label)
+            .finalize()
+            .into(),
+    )
 }
 
 /// What a Node restarts from: what its store holds.
@@ -422,7 +438,8 @@ pub struct Node {
     loads: HashMap<u64, Load>,
     load_queue: VecDeque<(u64, Load)>,
     /// For what must be unpredictable to others (a sealing key's ephemeral half).
-    rng: SmallRng,
+    /// A CSPRNG: what it draws must be unpredictable (a sealing key's ephemeral half).
+    rng: StdRng,
 }
 
 impl Node {
@@ -467,7 +484,7 @@ impl Node {
         let activities = Activities::new(
             me.clone(),
             &nick,
-            config.seed ^ 0x6163,
+            secret_rng(&config.entropy, b"activities"),
             restored.activities,
             now,
         );
@@ -476,7 +493,7 @@ impl Node {
             .iter()
             .filter_map(|(inv, a)| glue::unseal(&me, a).map(|info| (inv.clone(), info)))
             .collect();
-        let config_seed = config.seed;
+        let rng = secret_rng(&config.entropy, b"node");
         let mut node = Node {
             paths: Paths::new(me.clone(), config.seed ^ 0x7061),
             me,
@@ -502,7 +519,7 @@ impl Node {
             ids_by_instance: HashMap::new(),
             loads: HashMap::new(),
             load_queue: VecDeque::new(),
-            rng: SmallRng::seed_from_u64(config_seed ^ 0x7365),
+            rng,
         };
         node.advertise(now);
         node.after(now);
@@ -602,14 +619,12 @@ impl Node {
         all
     }
 
-    /// An activity's id from what a person typed: its id, its name, or an invitation's id.
+    /// An activity from what a person typed: its id, else its name, else the id of an
+    /// invitation to it.
     pub fn resolve_activity(&self, q: &str) -> Result<ActivityInfo, CommandError> {
         let q = q.trim();
         if q.is_empty() {
             return Err(CommandError::Usage("ACTIVITY must not be empty".into()));
-        }
-        if let Some(info) = self.invited.get(q) {
-            return Ok(info.clone());
         }
         let mut all: Vec<&ActivityInfo> = self.activities.infos();
         for info in self.invited.values() {
@@ -626,7 +641,12 @@ impl Node {
         };
         match pick.as_slice() {
             [one] => Ok((**one).clone()),
-            [] => Err(CommandError::NoSuchActivity(q.to_string())),
+            // An invitation's id last: the inviter chose it, and must not be able to shadow an
+            // activity's id or name with it.
+            [] => match self.invited.get(q) {
+                Some(info) => Ok(info.clone()),
+                None => Err(CommandError::NoSuchActivity(q.to_string())),
+            },
             many => Err(CommandError::Ambiguous(
                 q.to_string(),
                 many.iter()

@@ -31,6 +31,7 @@ fn config(i: usize) -> Config {
         probe_port: PROBE_PORT,
         record_ttl: None,
         seed: 100 + i as u64,
+        entropy: [0x40 + i as u8; 32],
     }
 }
 
@@ -837,4 +838,39 @@ fn an_ambiguous_peer_lists_the_candidates_even_with_non_ascii_names() {
         net.host(0).resolve_peer("aéééééé@two"),
         Ok("aéééééé@two".to_string())
     );
+}
+
+/// An invitation's id is the inviter's choice: one named like an activity (its name or id)
+/// does not shadow it for `join`, `post` or `log`.
+#[test]
+fn an_invitation_id_never_shadows_an_activitys_name_or_id() {
+    let mut net = net(1);
+    let real = match net.with(0, |n, now| {
+        n.handle_command(
+            now,
+            Command::Share {
+                name: "chess".into(),
+                kind: "game".into(),
+                private: false,
+            },
+        )
+    }) {
+        Ok(Outcome::Activity { info, .. }) => info,
+        other => panic!("{other:?}"),
+    };
+    let mut planted = real.clone();
+    planted.id = crate::activity::ActivityId([0xee; 16]);
+    planted.name = "mallory's".into();
+    net.with(0, |n, _| {
+        n.invited.insert("chess".into(), planted.clone());
+        n.invited.insert(real.id.to_hex(), planted.clone());
+        n.invited.insert("inv-1".into(), planted.clone());
+    });
+    let n = net.host(0);
+    assert_eq!(n.resolve_activity("chess").map(|a| a.id), Ok(real.id));
+    assert_eq!(
+        n.resolve_activity(&real.id.to_hex()).map(|a| a.id),
+        Ok(real.id)
+    );
+    assert_eq!(n.resolve_activity("inv-1").map(|a| a.id), Ok(planted.id));
 }
