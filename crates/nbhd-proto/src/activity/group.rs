@@ -25,7 +25,8 @@ use rand::Rng;
 
 use super::wire::{self, Body, Data};
 use super::{
-    ActivityInfo, Event, Load, MemberChange, Out, Post, PostError, Write, MAX_QUEUED_POSTS,
+    ActivityInfo, Event, Load, MemberChange, Out, Post, PostError, Write, MAX_QUEUED_BYTES,
+    MAX_QUEUED_POSTS,
 };
 use crate::drops::DropReason;
 
@@ -138,6 +139,8 @@ pub(crate) struct Group {
     next_pkt: u64,
     lamport: u64,
     queue: VecDeque<OwnPost>,
+    /// The bytes of the posts in `queue`.
+    queued_bytes: usize,
     own_storing: bool,
     senders: BTreeMap<[u8; 32], Sender>,
     members: BTreeMap<[u8; 32], Member>,
@@ -171,6 +174,7 @@ impl Group {
             next_pkt: 1,
             lamport: 0,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             own_storing: false,
             senders: BTreeMap::new(),
             members: BTreeMap::new(),
@@ -320,11 +324,13 @@ impl Group {
         if !self.joined {
             return Err(PostError::NotJoined);
         }
-        if self.queue.len() >= MAX_QUEUED_POSTS {
+        if self.queue.len() >= MAX_QUEUED_POSTS || self.queued_bytes + body.len() > MAX_QUEUED_BYTES
+        {
             return Err(PostError::Busy);
         }
         let request = self.next_request;
         self.next_request += 1;
+        self.queued_bytes += body.len();
         self.queue.push_back(OwnPost {
             request,
             body,
@@ -344,6 +350,7 @@ impl Group {
         let Some(p) = self.queue.pop_front() else {
             return;
         };
+        self.queued_bytes -= p.body.len();
         let frags = p.body.len().div_ceil(wire::MAX_CHUNK).max(1) as u16;
         let post = Post {
             activity: self.info.id,

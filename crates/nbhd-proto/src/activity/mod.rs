@@ -35,6 +35,8 @@ pub use wire::ActivityId;
 pub const MAX_POST: usize = 1 << 20;
 /// Own posts queued behind the one being stored (each is stored before it is sent).
 pub const MAX_QUEUED_POSTS: usize = 65536;
+/// ... and at most this many bytes of them (sixty-four 1 MiB posts).
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// What an activity is, as its members and invitations know it.
 #[derive(Clone, Debug, PartialEq, Eq)]
