@@ -2,12 +2,16 @@
 //! refresh it, and the evidence that it went stale (cache-flush, goodbye, POOF, reconfirm).
 //!
 //! It owns records only; deciding what to query and which records make a peer is the engine's.
+//! It also keeps each source address to a budget: one host (a broken laptop, a prank) cannot
+//! fill the cache, and what it cannot add never evicts what others announced.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::wire::Record;
+use super::wire::{Name, Record, RecordData};
 use super::IfaceId;
 
 /// Refresh queries at 80, 85, 90 and 95 % of the TTL (RFC 6762 §5.2).
@@ -22,10 +26,17 @@ pub const POOF_WINDOW: Duration = Duration::from_secs(10);
 pub const RECONFIRM_WINDOW: Duration = Duration::from_secs(10);
 /// Bound on what a crowded or hostile link can make us hold.
 pub const MAX_ENTRIES: usize = 4096;
+/// Records one source address may have in the cache ...
+pub const MAX_RECORDS_PER_SOURCE: usize = 256;
+/// ... and instances it may announce: generous for a real host (Avahi publishing a few
+/// services for several users), tiny beside a flood.
+pub const MAX_INSTANCES_PER_SOURCE: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub iface: IfaceId,
+    /// Who first brought it (a copy from another address does not move it).
+    pub source: IpAddr,
     pub record: Record,
     pub received: Instant,
     pub expires: Instant,
@@ -73,11 +84,31 @@ pub enum Insert {
     Goodbye,
     Ignored,
     Full,
+    /// Its source is at its budget (records or instances).
+    OverBudget,
+}
+
+/// What one source has in the cache.
+#[derive(Debug, Default)]
+struct Budget {
+    records: usize,
+    /// Instances it announced, with how many of its records name each.
+    instances: HashMap<Name, usize>,
 }
 
 #[derive(Debug, Default)]
 pub struct Cache {
     entries: Vec<Entry>,
+    budgets: HashMap<IpAddr, Budget>,
+}
+
+/// The service instance a record speaks of: an SRV's or TXT's owner, a PTR's target.
+fn instance_of(r: &Record) -> Option<&Name> {
+    match &r.data {
+        RecordData::Srv { .. } | RecordData::Txt(_) => Some(&r.name),
+        RecordData::Ptr(target) => Some(target),
+        _ => None,
+    }
 }
 
 impl Cache {
@@ -94,6 +125,7 @@ impl Cache {
         &mut self,
         now: Instant,
         iface: IfaceId,
+        source: IpAddr,
         r: &Record,
         rng: &mut impl Rng,
     ) -> Insert {
@@ -113,6 +145,7 @@ impl Cache {
             }
         }
         let full = self.entries.len() >= MAX_ENTRIES;
+        let over_budget = self.over_budget(source, r);
         let existing = self
             .entries
             .iter_mut()
@@ -137,9 +170,16 @@ impl Cache {
                 Insert::Refreshed
             }
             None if full => Insert::Full,
+            None if over_budget => Insert::OverBudget,
             None => {
+                let b = self.budgets.entry(source).or_default();
+                b.records += 1;
+                if let Some(i) = instance_of(r) {
+                    *b.instances.entry(i.clone()).or_default() += 1;
+                }
                 let mut e = Entry {
                     iface,
+                    source,
                     record: r.clone(),
                     received: now,
                     expires: now + Duration::from_secs(r.ttl as u64),
@@ -151,6 +191,28 @@ impl Cache {
                 e.schedule_refresh(rng);
                 self.entries.push(e);
                 Insert::New
+            }
+        }
+    }
+
+    /// Would a new record from `source` take it past its budget?
+    fn over_budget(&self, source: IpAddr, r: &Record) -> bool {
+        let Some(b) = self.budgets.get(&source) else {
+            return false;
+        };
+        let new_instance = instance_of(r).is_some_and(|i| !b.instances.contains_key(i));
+        b.records >= MAX_RECORDS_PER_SOURCE
+            || (new_instance && b.instances.len() >= MAX_INSTANCES_PER_SOURCE)
+    }
+
+    /// The budgets counted again after entries went.
+    fn recount(&mut self) {
+        self.budgets.clear();
+        for e in &self.entries {
+            let b = self.budgets.entry(e.source).or_default();
+            b.records += 1;
+            if let Some(i) = instance_of(&e.record) {
+                *b.instances.entry(i.clone()).or_default() += 1;
             }
         }
     }
@@ -169,11 +231,16 @@ impl Cache {
             let unconfirmed = matches!(e.reconfirm, Some(start) if now >= start + RECONFIRM_WINDOW);
             e.expires > now && !poofed && !unconfirmed
         });
-        self.entries.len() != before
+        let gone = self.entries.len() != before;
+        if gone {
+            self.recount();
+        }
+        gone
     }
 
     pub fn remove_iface(&mut self, iface: IfaceId) {
         self.entries.retain(|e| e.iface != iface);
+        self.recount();
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -513,7 +513,7 @@ impl Presence {
                 return Err(WireError::Ignored("response from a port other than 5353"));
             }
             self.stats.responses_in += 1;
-            self.handle_response(now, iface, msg);
+            self.handle_response(now, iface, src.ip(), msg);
         } else {
             self.stats.queries_in += 1;
             self.handle_query(now, iface, src, msg);

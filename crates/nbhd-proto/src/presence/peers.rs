@@ -6,7 +6,13 @@
 use super::*;
 
 impl Presence {
-    pub(super) fn handle_response(&mut self, now: Instant, iface: IfaceId, msg: Message) {
+    pub(super) fn handle_response(
+        &mut self,
+        now: Instant,
+        iface: IfaceId,
+        source: IpAddr,
+        msg: Message,
+    ) {
         let records: Vec<Record> = msg.answers.into_iter().chain(msg.additional).collect();
         for r in records.iter().filter(|r| r.ttl > 0) {
             if matches!(r.rtype(), TYPE_SRV | TYPE_TXT) && r.name.parent() == self.service {
@@ -49,10 +55,13 @@ impl Presence {
             if self.is_own_name(&r.name) || !self.is_relevant(r) {
                 continue;
             }
-            match self.cache.insert(now, iface, r, &mut self.rng) {
+            match self.cache.insert(now, iface, source, r, &mut self.rng) {
                 Insert::New | Insert::Goodbye => changed = true,
                 Insert::Refreshed => changed = true, // last_seen moves
                 Insert::Full => *self.stats.dropped.entry("cache-full").or_default() += 1,
+                Insert::OverBudget => {
+                    *self.stats.dropped.entry("source-budget").or_default() += 1
+                }
                 Insert::Ignored => {}
             }
             if r.ttl > 0 {

@@ -352,7 +352,9 @@ fn a_long_known_answer_list_is_split_with_tc() {
             4500,
             RecordData::Ptr(inst),
         ));
-        lan.inject(0, other(), &m);
+        // Sixty peers are sixty hosts (one host's instances are budgeted).
+        let host = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 1, i)), MDNS_PORT);
+        lan.inject(0, host, &m);
     }
     // A's next browse query (its interval keeps doubling) carries them all as known answers.
     let since = lan.now();
@@ -924,4 +926,68 @@ fn an_owner_that_reannounces_spares_every_observer_its_refresh_queries() {
     for i in 0..3 {
         assert_eq!(lan.peers(i).len(), 2);
     }
+}
+
+/// A response announcing `instance` at `ip` (PTR, SRV, TXT, A), as a flooder would forge it.
+fn announcement(instance: &str, host: &str, ip: Ipv4Addr) -> Message {
+    let service = Name::dotted(SERVICE_TYPE);
+    let inst = Name::child(instance, &service);
+    let target = Name::dotted(host);
+    let mut m = Message::response();
+    m.answers = vec![
+        Record::new(service, 4500, RecordData::Ptr(inst.clone())),
+        Record::new(
+            inst.clone(),
+            120,
+            RecordData::Srv {
+                priority: 0,
+                weight: 0,
+                port: 5298,
+                target: target.clone(),
+            },
+        ),
+        Record::new(inst, 4500, RecordData::Txt(vec![b"txtvers=1".to_vec()])),
+        Record::new(target, 120, RecordData::A(ip)),
+    ];
+    m
+}
+
+/// One host floods forged announcements, each a new instance: it gets a few dozen instances
+/// into the cache, the rest is dropped and counted, and a laptop switched on during the flood
+/// is listed as fast as without it.
+#[test]
+fn a_flooding_source_stays_within_its_budget_and_a_new_peer_is_listed_at_once() {
+    let mut lan = Lan::new(vec![config("alice", 0, None)]);
+    lan.run_for(Duration::from_secs(3));
+    let flooder = Ipv4Addr::new(10, 0, 0, 66);
+    let from = SocketAddr::new(IpAddr::V4(flooder), MDNS_PORT);
+    for k in 0..2000 {
+        let m = announcement(&format!("fake{k}@prank"), &format!("fake{k}.local"), flooder);
+        lan.inject(0, from, &m);
+    }
+    let fakes = lan.peers(0).iter().filter(|p| p.ends_with("@prank")).count();
+    assert_eq!(fakes, cache::MAX_INSTANCES_PER_SOURCE);
+    let dropped = lan.net.host(0).stats().dropped.get("source-budget").copied();
+    assert!(dropped.unwrap_or(0) >= 2000 - cache::MAX_INSTANCES_PER_SOURCE as u64);
+    // Bob switches on while the flood goes on.
+    lan.add(config("bob", 1, None));
+    let since = lan.now();
+    let mut k = 2000;
+    let listed = loop {
+        for _ in 0..50 {
+            let m = announcement(&format!("fake{k}@prank"), &format!("fake{k}.local"), flooder);
+            lan.inject(0, from, &m);
+            k += 1;
+        }
+        lan.run_for(Duration::from_millis(10));
+        if lan.peers(0).contains(&"bob@lab".to_string()) {
+            break Some(lan.now() - since);
+        }
+        if lan.now() - since > Duration::from_secs(10) {
+            break None;
+        }
+    };
+    let listed = listed.expect("bob listed during the flood");
+    // Without a flood, a new peer is listed after its probes and first announcement (~1 s).
+    assert!(listed < Duration::from_secs(2), "bob listed after {listed:?}");
 }
