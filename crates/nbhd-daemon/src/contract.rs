@@ -385,6 +385,13 @@ impl Latency {
     }
 }
 
+/// A bounded table's size.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableSize {
+    pub len: usize,
+    pub max: usize,
+}
+
 /// `nbhd stats`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReply {
@@ -395,6 +402,8 @@ pub struct StatsReply {
     pub probe: ChannelStats,
     pub activity: ActivityStats,
     pub peers: usize,
+    /// Every bounded table: its entries now and its bound (what went past it is in `dropped`).
+    pub tables: BTreeMap<String, TableSize>,
 }
 
 /// `nbhd share`.

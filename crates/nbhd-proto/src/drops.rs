@@ -39,6 +39,8 @@ pub enum DropReason {
     Replayed,
     /// A frame of ours that could not be built (too large): not sent.
     Unsendable,
+    /// A stream accepted and not opened in time (an idle connection): closed.
+    HandshakeTimeout,
 }
 
 impl DropReason {
@@ -60,6 +62,7 @@ impl DropReason {
             DropReason::BadNumbering => "bad-numbering",
             DropReason::Replayed => "replayed",
             DropReason::Unsendable => "unsendable",
+            DropReason::HandshakeTimeout => "handshake-timeout",
         }
     }
 }

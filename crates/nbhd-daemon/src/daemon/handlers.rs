@@ -9,7 +9,7 @@ use nbhd_proto::node::{ActivityId, Command, CommandError, Outcome};
 use super::Daemon;
 use crate::contract::{
     post_body, ActivityStats, ChannelStats, DropCounts, ErrorReply, IfaceRow, Latency, MdnsStats,
-    MembershipReply, Reply, Request, ShareReply, StatsReply, StatusReply,
+    MembershipReply, Reply, TableSize, Request, ShareReply, StatsReply, StatusReply,
 };
 use crate::control::Pending;
 use crate::view;
@@ -384,6 +384,12 @@ impl Daemon {
                 }
             },
             peers: self.node.peers().count(),
+            tables: self
+                .node
+                .tables()
+                .into_iter()
+                .map(|(name, len, max)| (name.to_string(), TableSize { len, max }))
+                .collect(),
         }
     }
 }

@@ -212,6 +212,16 @@ impl Group {
         }
     }
 
+    /// Members known (heard within MEMBER_SILENCE).
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Packets held out of order, over every sender.
+    pub fn held_packets(&self) -> usize {
+        self.senders.values().map(|s| s.buffer.len()).sum()
+    }
+
     /// Members heard from lately, ourselves included.
     pub fn members(&self, now: Instant) -> usize {
         let others = self

@@ -325,6 +325,19 @@ impl Activities {
         self.nick = nick.to_string();
     }
 
+    /// Its bounded tables, summed over activities: (name, entries now, bound per activity).
+    pub fn tables(&self) -> Vec<(&'static str, usize, usize)> {
+        let (mut members, mut held) = (0, 0);
+        for g in self.groups.values() {
+            members += g.member_count();
+            held += g.held_packets();
+        }
+        vec![
+            ("activity-members", members, group::MAX_SENDERS),
+            ("activity-held-packets", held, group::MAX_BUFFER),
+        ]
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -141,7 +141,7 @@ pub struct Messages {
     next_conn: ConnId,
     deliveries: BTreeMap<String, Delivery>,
     /// (sender, stanza id) of everything received and stored: shown once, acknowledged always.
-    seen: HashSet<(String, String)>,
+    seen: Seen,
     /// Received, handed to the store, not yet confirmed: by write token, and by (sender, id).
     inbound: BTreeMap<u64, Inbound>,
     inbound_keys: HashMap<(String, String), u64>,
@@ -151,6 +151,38 @@ pub struct Messages {
     events: VecDeque<Event>,
     rng: SmallRng,
     stats: Stats,
+}
+
+/// Stanza ids remembered in memory, the newest; the store keeps them a week (older copies of
+/// a stanza still meet its row there and are not stored twice).
+pub const MAX_SEEN: usize = 65536;
+
+/// The (sender, stanza id) received and stored lately, at most [`MAX_SEEN`].
+#[derive(Default)]
+struct Seen {
+    set: HashSet<(String, String)>,
+    order: VecDeque<(String, String)>,
+}
+
+impl Seen {
+    fn insert(&mut self, key: (String, String)) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+            while self.order.len() > MAX_SEEN {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, key: &(String, String)) -> bool {
+        self.set.contains(key)
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
 }
 
 impl Messages {
@@ -165,7 +197,7 @@ impl Messages {
             conns: BTreeMap::new(),
             next_conn: 1,
             deliveries: BTreeMap::new(),
-            seen: HashSet::new(),
+            seen: Seen::default(),
             inbound: BTreeMap::new(),
             inbound_keys: HashMap::new(),
             next_token: 1,
@@ -175,6 +207,14 @@ impl Messages {
             rng: SmallRng::seed_from_u64(seed),
             stats: Stats::default(),
         }
+    }
+
+    /// Its bounded tables: (name, entries now, bound).
+    pub fn tables(&self) -> Vec<(&'static str, usize, usize)> {
+        vec![
+            ("seen-ids", self.seen.len(), MAX_SEEN),
+            ("streams", self.conns.len(), streams::MAX_STREAMS),
+        ]
     }
 
     pub fn stats(&self) -> &Stats {

@@ -30,6 +30,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A stream whose sent data stays unacknowledged this long fails (the driver sets it as the
 /// socket's `TCP_USER_TIMEOUT`; the kernel would retransmit for ~15 minutes).
 pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream accepted from someone must be open (authenticated, or a legacy peer's header
+/// answered) this soon: connections opened and left idle are closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Streams at once, in total ...
+pub const MAX_STREAMS: usize = 256;
+/// ... and accepted from one address (a peer needs one; a few more while one replaces another).
+pub const MAX_STREAMS_PER_ADDRESS: usize = 8;
 /// After our `</stream:stream>`, how long we wait for the peer's before closing anyway.
 pub const STREAM_END_WAIT: Duration = Duration::from_secs(2);
 
@@ -141,6 +148,21 @@ impl Messages {
 
     /// The driver accepted an incoming connection (ids from [`Messages::ACCEPTED_BASE`] up).
     pub fn handle_accepted(&mut self, now: Instant, conn: ConnId, remote: SocketAddr) {
+        let from_there = self
+            .conns
+            .values()
+            .filter(|c| !c.outgoing && c.remote.is_some_and(|r| r.ip() == remote.ip()))
+            .count();
+        if self.conns.len() >= MAX_STREAMS || from_there >= MAX_STREAMS_PER_ADDRESS {
+            self.actions.push_back(Action::Close { conn });
+            return self.drop_input(
+                &remote.to_string(),
+                DropReason::TableFull,
+                format!(
+                    "a stream over the limits ({MAX_STREAMS} in all, {MAX_STREAMS_PER_ADDRESS} from one address): closed"
+                ),
+            );
+        }
         let nonce = self.rng.gen();
         self.conns
             .insert(conn, Conn::new(now, false, nonce, remote));
@@ -503,6 +525,26 @@ impl Messages {
             self.actions.push_back(Action::Close { conn });
             self.handle_closed(now, conn, true, paths);
         }
+        let idle: Vec<(ConnId, String)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.outgoing
+                    && !c.authenticated
+                    && c.ending.is_none()
+                    && c.opened + HANDSHAKE_TIMEOUT <= now
+            })
+            .map(|(id, c)| (*id, c.remote.map_or("?".into(), |r| r.to_string())))
+            .collect();
+        for (conn, from) in idle {
+            self.conns.remove(&conn);
+            self.actions.push_back(Action::Close { conn });
+            self.drop_input(
+                &from,
+                DropReason::HandshakeTimeout,
+                format!("a stream not open {HANDSHAKE_TIMEOUT:?} after it was accepted: closed"),
+            );
+        }
         let unanswered: Vec<ConnId> = self
             .conns
             .iter()
@@ -523,6 +565,8 @@ impl Messages {
                     Some(t + STREAM_END_WAIT)
                 } else if c.outgoing && !c.authenticated {
                     Some(c.opened + CONNECT_TIMEOUT)
+                } else if !c.authenticated {
+                    Some(c.opened + HANDSHAKE_TIMEOUT)
                 } else {
                     None
                 }

@@ -224,3 +224,45 @@ fn a_message_to_a_legacy_peer_is_retried_on_a_new_connection_after_a_failed_conn
     assert!(sent_text(&actions).contains("persist"));
     assert!(matches!(&events[..], [Event::Delivered { id: i, receipt: false, .. }] if *i == id));
 }
+
+/// Connections opened to our XEP-0174 port and left idle: at most a few from one address are
+/// kept, none past the handshake timeout, each refused or closed one counted.
+#[test]
+fn idle_connections_are_bounded_per_address_and_closed_after_the_handshake_timeout() {
+    use super::streams::{HANDSHAKE_TIMEOUT, MAX_STREAMS_PER_ADDRESS};
+    let (mut m, mut paths) = alice();
+    let t = Instant::now();
+    let flooder: SocketAddr = "10.0.0.66:40000".parse().unwrap();
+    for k in 0..20u64 {
+        m.handle_accepted(t, Messages::ACCEPTED_BASE + k, flooder);
+    }
+    // Frank, from another address, still gets in.
+    m.handle_accepted(t, Messages::ACCEPTED_BASE + 100, frank_addr());
+    let (actions, _) = drain(&mut m);
+    let closed: Vec<ConnId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Close { conn } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 20 - MAX_STREAMS_PER_ADDRESS);
+    assert!(!closed.contains(&(Messages::ACCEPTED_BASE + 100)));
+    assert_eq!(
+        m.stats().dropped[&DropReason::TableFull],
+        (20 - MAX_STREAMS_PER_ADDRESS) as u64
+    );
+    // Nothing said on them: all closed at the handshake timeout, Frank's too.
+    assert_eq!(m.poll_timeout(), Some(t + HANDSHAKE_TIMEOUT));
+    m.handle_timeout(t + HANDSHAKE_TIMEOUT, &mut paths);
+    let (actions, _) = drain(&mut m);
+    let closed = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Close { .. }))
+        .count();
+    assert_eq!(closed, MAX_STREAMS_PER_ADDRESS + 1);
+    assert_eq!(
+        m.stats().dropped[&DropReason::HandshakeTimeout],
+        MAX_STREAMS_PER_ADDRESS as u64 + 1
+    );
+}

@@ -604,6 +604,16 @@ impl Node {
         }
     }
 
+    /// Every bounded table of every engine: (name, entries now, bound). What happens past a
+    /// bound is counted in the engine's drops.
+    pub fn tables(&self) -> Vec<(&'static str, usize, usize)> {
+        let (cache, cache_max) = self.presence.cache_size();
+        let mut t = vec![("mdns-cache", cache, cache_max)];
+        t.extend(self.messages.tables());
+        t.extend(self.activities.tables());
+        t
+    }
+
     /// Every activity we know: created, joined, advertised by a peer, or invited to.
     pub fn activities(&self, now: Instant) -> Vec<activity::Summary> {
         let mut all = self.activities.summaries(now);

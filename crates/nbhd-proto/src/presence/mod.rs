@@ -304,6 +304,11 @@ impl Presence {
         self.peers.values()
     }
 
+    /// (records in the cache, its bound).
+    pub fn cache_size(&self) -> (usize, usize) {
+        (self.cache.entries().len(), cache::MAX_ENTRIES)
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
