@@ -18,7 +18,7 @@ use tokio::io::unix::AsyncFd;
 
 /// Receive buffer: larger than the 9000 bytes RFC 6762 §17 allows, so an oversized datagram is
 /// seen as such (and counted) rather than silently cut.
-const RECV_BUF: usize = 9216;
+pub const RECV_BUF: usize = 9216;
 
 /// A UDP socket of one channel: bound to a multicast group's port and shared (`SO_REUSEPORT`)
 /// with other daemons in the namespace, or (the probe socket) to a port of its own.
@@ -115,6 +115,15 @@ impl UdpChannel {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
+        }
+    }
+
+    /// The next datagram if one is there now (None when the socket is empty): for reading a
+    /// batch after [`UdpChannel::recv`] without waiting.
+    pub fn try_recv(&self, buf: &mut [u8; RECV_BUF]) -> Option<io::Result<Received>> {
+        match recv_once(self.fd.get_ref().as_raw_fd(), buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
         }
     }
 

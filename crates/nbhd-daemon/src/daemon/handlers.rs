@@ -9,7 +9,7 @@ use nbhd_proto::node::{ActivityId, Command, CommandError, Outcome};
 use super::Daemon;
 use crate::contract::{
     post_body, ActivityStats, ChannelStats, DropCounts, ErrorReply, IfaceRow, Latency, MdnsStats,
-    MembershipReply, Reply, TableSize, Request, ShareReply, StatsReply, StatusReply,
+    MembershipReply, Reply, Request, ShareReply, StatsReply, StatusReply, TableSize,
 };
 use crate::control::Pending;
 use crate::view;

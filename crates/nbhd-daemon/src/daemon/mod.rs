@@ -77,6 +77,10 @@ struct ActivitySocket {
     reader: tokio::task::JoinHandle<()>,
 }
 
+/// Datagrams read from one socket in one turn of the event loop.
+const SOCKET_BATCH: usize = 64;
+/// What the mDNS socket may hold unread.
+const MDNS_RCVBUF: usize = 2 << 20;
 /// Activity datagrams handled together before the Node's output is carried out.
 const ACTIVITY_BATCH: usize = 64;
 /// What an activity's socket may hold unread: bursts of repairs arrive faster than any loop.
@@ -136,6 +140,9 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::other("probe socket", e))?;
     let mdns = UdpChannel::mdns()
         .map_err(|e| DaemonError::other("opening the mDNS socket on port 5353", e))?;
+    // Room for a burst (or a flood from one host, which presence then cuts cheaply) without
+    // the kernel dropping a newcomer's announcement.
+    mdns.set_recv_buffer(MDNS_RCVBUF);
     let courier = UdpChannel::group(COURIER_GROUP, COURIER_PORT)
         .map_err(|e| DaemonError::other("opening the courier socket", e))?;
 
@@ -243,12 +250,30 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
 
     loop {
         d.flush();
+        // A socket that is always readable (a flood) must not keep the other tasks (control
+        // connections, the API, stream readers) from running: they get a turn every turn.
+        tokio::task::yield_now().await;
+        // A person's requests and the timers due first, every turn, whatever floods a socket
+        // or the stream listener; then any input, picked at random among those ready (so no
+        // flooded one starves the others).
+        while let Ok(p) = req_rx.try_recv() {
+            d.on_request(p);
+        }
+        if d.node.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+            d.node.handle_timeout(Instant::now());
+            d.flush();
+        }
         let wake = d.node.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            r = d.mdns.recv(&mut mbuf) => d.on_datagram(Channel::Mdns, &mbuf[..], r),
-            r = d.courier.recv(&mut cbuf) => d.on_datagram(Channel::Courier, &cbuf[..], r),
-            r = d.probe.recv(&mut pbuf) => d.on_datagram(Channel::Probe, &pbuf[..], r),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            Some(p) = req_rx.recv() => d.on_request(p),
+            _ = sleep_until(wake) => d.node.handle_timeout(Instant::now()),
             Some(ev) = net_rx.recv() => d.on_net(ev),
+            _ = iface_poll.tick() => match ifaces::select(&d.wanted_ifaces) {
+                Ok(found) => d.apply_ifaces(found),
+                Err(e) => tracing::warn!("listing interfaces: {e}"),
+            },
             Some(dg) = activity_rx.recv() => {
                 // What else has arrived too, up to a batch, before the next flush: their store
                 // writes go in one commit (one fsync), and other inputs wait no longer.
@@ -266,14 +291,9 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
                     next = if n < ACTIVITY_BATCH { activity_rx.try_recv().ok() } else { None };
                 }
             }
-            _ = sleep_until(wake) => d.node.handle_timeout(Instant::now()),
-            Some(p) = req_rx.recv() => d.on_request(p),
-            _ = iface_poll.tick() => match ifaces::select(&d.wanted_ifaces) {
-                Ok(found) => d.apply_ifaces(found),
-                Err(e) => tracing::warn!("listing interfaces: {e}"),
-            },
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            r = d.probe.recv(&mut pbuf) => d.on_datagrams(Channel::Probe, &mut pbuf, r),
+            r = d.courier.recv(&mut cbuf) => d.on_datagrams(Channel::Courier, &mut cbuf, r),
+            r = d.mdns.recv(&mut mbuf) => d.on_datagrams(Channel::Mdns, &mut mbuf, r),
         }
     }
     tracing::info!("shutting down: sending goodbyes and ending streams");
@@ -365,6 +385,29 @@ impl Daemon {
             .map(|i| (IfaceId(i.index), i.addrs.clone()))
             .collect();
         self.node.handle_interfaces(Instant::now(), list);
+    }
+
+    /// A datagram, and those that arrived with it on the same socket, up to a batch: read
+    /// without waiting, handled before the next flush (under a flood, a turn of the loop per
+    /// datagram would leave the kernel dropping most of them, a newcomer's announcement too).
+    fn on_datagrams(
+        &mut self,
+        channel: Channel,
+        buf: &mut [u8; udp::RECV_BUF],
+        first: std::io::Result<udp::Received>,
+    ) {
+        self.on_datagram(channel, &buf[..], first);
+        for _ in 1..SOCKET_BATCH {
+            let socket = match channel {
+                Channel::Mdns => &self.mdns,
+                Channel::Courier => &self.courier,
+                _ => &self.probe,
+            };
+            let Some(r) = socket.try_recv(buf) else {
+                break;
+            };
+            self.on_datagram(channel, &buf[..], r);
+        }
     }
 
     fn on_datagram(&mut self, channel: Channel, buf: &[u8], r: std::io::Result<udp::Received>) {

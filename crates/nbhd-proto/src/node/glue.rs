@@ -41,7 +41,14 @@ fn advertised(value: &str) -> Option<ActivityInfo> {
 }
 
 impl Node {
-    pub(super) fn on_mdns(&mut self, now: Instant, iface: IfaceId, src: SocketAddr, bytes: &[u8]) {
+    /// False when presence dropped the datagram (nothing else to do: under a flood, most).
+    pub(super) fn on_mdns(
+        &mut self,
+        now: Instant,
+        iface: IfaceId,
+        src: SocketAddr,
+        bytes: &[u8],
+    ) -> bool {
         if let Err(e) = self.presence.handle_packet(now, iface, src, bytes) {
             let count = self
                 .presence
@@ -50,13 +57,18 @@ impl Node {
                 .get(e.kind())
                 .copied()
                 .unwrap_or(0);
-            self.events.push_back(Event::Dropped {
-                source: Channel::Mdns.as_str(),
-                from: src.to_string(),
-                reason: e.kind().to_string(),
-                detail: e.to_string(),
-                count,
-            });
+            // Counted always; told (for the log) for the first few and then one in a hundred,
+            // so that a flood costs no allocation per packet.
+            if count <= 10 || count.is_multiple_of(100) {
+                self.events.push_back(Event::Dropped {
+                    source: Channel::Mdns.as_str(),
+                    from: src.to_string(),
+                    reason: e.kind().to_string(),
+                    detail: e.to_string(),
+                    count,
+                });
+            }
+            return false;
         }
         // Its own records came: its multicast reaches us.
         for instance in self.presence.take_heard() {
@@ -69,6 +81,7 @@ impl Node {
                 self.paths.on_multicast_heard(now, &id);
             }
         }
+        true
     }
 
     /// Parses and checks a frame on the courier or probe channel: the frame and its sender's
@@ -164,6 +177,10 @@ impl Node {
         let count = self.stats.dropped.entry((channel, reason)).or_default();
         *count += 1;
         let count = *count;
+        // Counted always; told (for the log) for the first few and then one in a hundred.
+        if count > 10 && !count.is_multiple_of(100) {
+            return;
+        }
         self.events.push_back(Event::Dropped {
             source: channel.as_str(),
             from: from.to_string(),

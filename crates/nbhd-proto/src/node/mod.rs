@@ -758,7 +758,11 @@ impl Node {
             return;
         }
         match channel {
-            Channel::Mdns => self.on_mdns(now, iface, src, bytes),
+            Channel::Mdns => {
+                if !self.on_mdns(now, iface, src, bytes) {
+                    return; // dropped: nothing changed, nothing to carry out
+                }
+            }
             Channel::Courier => self.on_courier(now, src, bytes),
             Channel::Probe => self.on_probe(now, src, bytes),
             Channel::Activity(_) => self.activities.handle_datagram(now, bytes),

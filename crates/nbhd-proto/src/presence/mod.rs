@@ -16,6 +16,7 @@ mod cache;
 mod claim;
 mod peers;
 mod querier;
+mod rate;
 mod responder;
 mod split;
 pub mod wire;
@@ -254,12 +255,14 @@ pub struct Presence {
     heard: Vec<String>,
     /// The latest time any input carried; stamps what we send.
     now: Instant,
+    rates: rate::SourceRates,
 }
 
 impl Presence {
     pub fn new(config: Config, now: Instant) -> Presence {
         Presence {
             now,
+            rates: rate::SourceRates::default(),
             rng: SmallRng::seed_from_u64(config.seed),
             service: Name::dotted(SERVICE_TYPE),
             services_meta: Name::dotted(SERVICES_META),
@@ -503,6 +506,10 @@ impl Presence {
         if self.is_own_echo(now, iface, src, bytes) {
             self.stats.own_echoes += 1;
             return Ok(());
+        }
+        if !self.rates.admit(now, src.ip()) {
+            *self.stats.dropped.entry("source-rate").or_default() += 1;
+            return Err(WireError::Ignored("over its source's packet rate"));
         }
         let msg = match Message::parse(bytes) {
             Ok(m) => m,

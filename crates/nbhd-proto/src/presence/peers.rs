@@ -59,9 +59,7 @@ impl Presence {
                 Insert::New | Insert::Goodbye => changed = true,
                 Insert::Refreshed => changed = true, // last_seen moves
                 Insert::Full => *self.stats.dropped.entry("cache-full").or_default() += 1,
-                Insert::OverBudget => {
-                    *self.stats.dropped.entry("source-budget").or_default() += 1
-                }
+                Insert::OverBudget => *self.stats.dropped.entry("source-budget").or_default() += 1,
                 Insert::Ignored => {}
             }
             if r.ttl > 0 {

@@ -1,0 +1,82 @@
+//! How much each source address may make us work: a token bucket of packets per source, checked
+//! before a packet is even parsed. A real host sends a few mDNS packets a second (a busy one a
+//! few dozen, in bursts); a flooding one is cut to that, cheaply, so the daemon keeps its time
+//! for everyone else (issue 11). A flood from forged, ever-changing addresses is not stopped
+//! here; the cache's bounds hold then.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Packets per second one source may have handled, sustained ...
+pub const RATE_PER_SOURCE: f64 = 100.0;
+/// ... and in a burst.
+pub const BURST_PER_SOURCE: f64 = 300.0;
+/// Sources tracked at once; idle ones make room.
+pub const MAX_SOURCES: usize = 1024;
+
+#[derive(Debug, Default)]
+pub struct SourceRates {
+    /// Tokens left, and when they were counted.
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl SourceRates {
+    /// May a packet from `source` be handled now? Takes one of its tokens if so.
+    pub fn admit(&mut self, now: Instant, source: IpAddr) -> bool {
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_SOURCES {
+            // Sources whose bucket has refilled are as good as new: forget them.
+            let refill = BURST_PER_SOURCE / RATE_PER_SOURCE;
+            self.buckets
+                .retain(|_, (_, at)| now.saturating_duration_since(*at).as_secs_f64() < refill);
+            if self.buckets.len() >= MAX_SOURCES {
+                return true; // too many sources to tell apart: the cache's bounds hold
+            }
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry(source)
+            .or_insert((BURST_PER_SOURCE, now));
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + elapsed * RATE_PER_SOURCE).min(BURST_PER_SOURCE);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_source_gets_its_burst_then_its_rate_and_another_source_is_untouched() {
+        let mut r = SourceRates::default();
+        let (flooder, other) = ("10.0.0.66".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t = Instant::now();
+        let burst = (0..1000).filter(|_| r.admit(t, flooder)).count();
+        assert_eq!(burst, BURST_PER_SOURCE as usize);
+        assert!(r.admit(t, other));
+        // One second later, a second's worth more.
+        let later = t + Duration::from_secs(1);
+        let more = (0..1000).filter(|_| r.admit(later, flooder)).count();
+        assert_eq!(more, RATE_PER_SOURCE as usize);
+    }
+
+    #[test]
+    fn idle_sources_make_room_for_new_ones() {
+        let mut r = SourceRates::default();
+        let t = Instant::now();
+        for k in 0..MAX_SOURCES as u32 {
+            assert!(r.admit(t, std::net::IpAddr::from(k.to_be_bytes())));
+        }
+        let later = t + Duration::from_secs(5);
+        assert!(r.admit(later, "10.9.9.9".parse().unwrap()));
+        assert!(r.buckets.len() < 10);
+    }
+}
