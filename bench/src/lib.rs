@@ -1,4 +1,7 @@
-//! What the benchmark programs share: finding the `nbhd` binary they measure.
+//! What the benchmark programs share: finding the `nbhd` binary they measure, and the soak
+//! (run long by `bench/soak`, for two minutes by the test command).
+
+pub mod soak;
 
 use std::path::PathBuf;
 

@@ -215,6 +215,26 @@ impl Lab {
         &self.hosts[i]
     }
 
+    /// Runs `f` on a thread of ours moved into host `i`'s network namespace (sockets it opens
+    /// are that host's): for traffic a test makes itself, without a helper program.
+    pub fn thread_in<T: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<io::Result<T>> {
+        let path = Path::new("/run/netns").join(&self.hosts[i].ns);
+        std::thread::spawn(move || {
+            let ns = fs::File::open(&path)?;
+            // SAFETY: setns(2) on this thread only, with a descriptor we hold open; the thread
+            // stays in that namespace until it ends.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+    }
+
     /// A command to run inside host `i` (not started).
     pub fn command(&self, i: usize, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -237,8 +257,18 @@ impl Lab {
         self.spawn_command(c, log)
     }
 
-    pub fn spawn_command(&mut self, mut c: Command, log: &Path) -> io::Result<u32> {
+    pub fn spawn_command(&mut self, c: Command, log: &Path) -> io::Result<u32> {
         let out = fs::File::create(log)?;
+        self.spawn_logging(c, out)
+    }
+
+    /// As [`Lab::spawn_command`], appending to `log` (a daemon restarted keeps one log).
+    pub fn spawn_command_appending(&mut self, c: Command, log: &Path) -> io::Result<u32> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        self.spawn_logging(c, out)
+    }
+
+    fn spawn_logging(&mut self, mut c: Command, out: fs::File) -> io::Result<u32> {
         c.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {

@@ -35,8 +35,9 @@ use crate::{api, view};
 /// How often interfaces are listed again to notice new, gone or renumbered ones.
 const IFACE_POLL: Duration = Duration::from_secs(5);
 /// Log the first few dropped packets of each kind, then one in this many, so a flood of garbage
-/// cannot flood the log.
-const DROP_LOG_EVERY: u64 = 100;
+/// cannot flood the log (a flood of 100,000 packets a second: a line every tenth of a second
+/// at most; the counters in `nbhd stats` have every one).
+const DROP_LOG_EVERY: u64 = 10_000;
 
 pub struct UpOptions {
     pub data_dir: DataDir,

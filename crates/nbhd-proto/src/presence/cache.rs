@@ -28,8 +28,10 @@ pub const RECONFIRM_WINDOW: Duration = Duration::from_secs(10);
 pub const MAX_ENTRIES: usize = 4096;
 /// Records one source address may have in the cache ...
 pub const MAX_RECORDS_PER_SOURCE: usize = 256;
-/// ... and instances it may announce: generous for a real host (Avahi publishing a few
-/// services for several users), tiny beside a flood.
+/// ... and live instances (with an SRV record) it may announce: generous for a real host (Avahi
+/// publishing a few services for several users), tiny beside a flood. Leftovers of instances
+/// whose SRV went (a PTR, a TXT, an address nothing points at) give way to the source's new
+/// records, so a host that flooded for a while is heard again minutes after, not hours.
 pub const MAX_INSTANCES_PER_SOURCE: usize = 32;
 
 #[derive(Debug, Clone)]
@@ -92,7 +94,7 @@ pub enum Insert {
 #[derive(Debug, Default)]
 struct Budget {
     records: usize,
-    /// Instances it announced, with how many of its records name each.
+    /// Its live instances: the owners of its SRV records.
     instances: HashMap<Name, usize>,
 }
 
@@ -102,11 +104,10 @@ pub struct Cache {
     budgets: HashMap<IpAddr, Budget>,
 }
 
-/// The service instance a record speaks of: an SRV's or TXT's owner, a PTR's target.
+/// The live instance an SRV record makes.
 fn instance_of(r: &Record) -> Option<&Name> {
     match &r.data {
-        RecordData::Srv { .. } | RecordData::Txt(_) => Some(&r.name),
-        RecordData::Ptr(target) => Some(target),
+        RecordData::Srv { .. } => Some(&r.name),
         _ => None,
     }
 }
@@ -144,55 +145,56 @@ impl Cache {
                 }
             }
         }
-        let full = self.entries.len() >= MAX_ENTRIES;
-        let over_budget = self.over_budget(source, r);
         let existing = self
             .entries
-            .iter_mut()
-            .find(|e| e.iface == iface && e.record.same_record(r));
-        match existing {
-            Some(e) if r.ttl == 0 => {
+            .iter()
+            .position(|e| e.iface == iface && e.record.same_record(r));
+        if let Some(i) = existing {
+            let e = &mut self.entries[i];
+            if r.ttl == 0 {
                 // §10.1: a goodbye; keep it one more second.
                 e.expires = e.expires.min(now + FLUSH_DELAY);
                 e.refresh_at = None;
                 e.reconfirm = None;
-                Insert::Goodbye
+                return Insert::Goodbye;
             }
-            None if r.ttl == 0 => Insert::Ignored,
-            Some(e) => {
-                e.record = r.clone();
-                e.received = now;
-                e.expires = now + Duration::from_secs(r.ttl as u64);
-                e.refresh_step = 0;
-                e.poof = None;
-                e.reconfirm = None;
-                e.schedule_refresh(rng);
-                Insert::Refreshed
-            }
-            None if full => Insert::Full,
-            None if over_budget => Insert::OverBudget,
-            None => {
-                let b = self.budgets.entry(source).or_default();
-                b.records += 1;
-                if let Some(i) = instance_of(r) {
-                    *b.instances.entry(i.clone()).or_default() += 1;
-                }
-                let mut e = Entry {
-                    iface,
-                    source,
-                    record: r.clone(),
-                    received: now,
-                    expires: now + Duration::from_secs(r.ttl as u64),
-                    refresh_step: 0,
-                    refresh_at: None,
-                    poof: None,
-                    reconfirm: None,
-                };
-                e.schedule_refresh(rng);
-                self.entries.push(e);
-                Insert::New
-            }
+            e.record = r.clone();
+            e.received = now;
+            e.expires = now + Duration::from_secs(r.ttl as u64);
+            e.refresh_step = 0;
+            e.poof = None;
+            e.reconfirm = None;
+            e.schedule_refresh(rng);
+            return Insert::Refreshed;
         }
+        if r.ttl == 0 {
+            return Insert::Ignored;
+        }
+        if self.entries.len() >= MAX_ENTRIES {
+            return Insert::Full;
+        }
+        if self.over_budget(source, r) && !self.evict_leftover(source, r) {
+            return Insert::OverBudget;
+        }
+        let b = self.budgets.entry(source).or_default();
+        b.records += 1;
+        if let Some(i) = instance_of(r) {
+            *b.instances.entry(i.clone()).or_default() += 1;
+        }
+        let mut e = Entry {
+            iface,
+            source,
+            record: r.clone(),
+            received: now,
+            expires: now + Duration::from_secs(r.ttl as u64),
+            refresh_step: 0,
+            refresh_at: None,
+            poof: None,
+            reconfirm: None,
+        };
+        e.schedule_refresh(rng);
+        self.entries.push(e);
+        Insert::New
     }
 
     /// Would a new record from `source` take it past its budget?
@@ -203,6 +205,46 @@ impl Cache {
         let new_instance = instance_of(r).is_some_and(|i| !b.instances.contains_key(i));
         b.records >= MAX_RECORDS_PER_SOURCE
             || (new_instance && b.instances.len() >= MAX_INSTANCES_PER_SOURCE)
+    }
+
+    /// Makes room for `r` in its source's record budget by dropping one of the source's
+    /// leftovers: a PTR, TXT or address record of no live instance of that source. Never
+    /// another source's record, never a live instance's. True if room was made.
+    fn evict_leftover(&mut self, source: IpAddr, r: &Record) -> bool {
+        let Some(b) = self.budgets.get(&source) else {
+            return false;
+        };
+        if instance_of(r).is_some() || b.records < MAX_RECORDS_PER_SOURCE {
+            return false; // an instance over its budget waits for one to go
+        }
+        let live: Vec<(&Name, Option<&Name>)> = self
+            .entries
+            .iter()
+            .filter(|e| e.source == source)
+            .filter_map(|e| match &e.record.data {
+                RecordData::Srv { target, .. } => Some((&e.record.name, Some(target))),
+                _ => None,
+            })
+            .collect();
+        let leftover = self.entries.iter().position(|e| {
+            e.source == source
+                && match &e.record.data {
+                    RecordData::Ptr(t) => !live.iter().any(|(i, _)| *i == t),
+                    RecordData::Txt(_) => !live.iter().any(|(i, _)| *i == &e.record.name),
+                    RecordData::A(_) | RecordData::Aaaa(_) => {
+                        !live.iter().any(|(_, t)| *t == Some(&e.record.name))
+                    }
+                    _ => false,
+                }
+        });
+        match leftover {
+            Some(i) => {
+                self.entries.swap_remove(i);
+                self.recount();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The budgets counted again after entries went.

@@ -508,8 +508,12 @@ impl Presence {
             return Ok(());
         }
         if !self.rates.admit(now, src.ip()) {
-            *self.stats.dropped.entry("source-rate").or_default() += 1;
-            return Err(WireError::Ignored("over its source's packet rate"));
+            let e = WireError::Refused {
+                kind: "source-rate",
+                why: "over its source's packet rate",
+            };
+            *self.stats.dropped.entry(e.kind()).or_default() += 1;
+            return Err(e);
         }
         let msg = match Message::parse(bytes) {
             Ok(m) => m,
@@ -521,8 +525,12 @@ impl Presence {
         if msg.response {
             // RFC 6762 §11: responses from a port other than 5353 are not mDNS responses.
             if src.port() != MDNS_PORT {
-                *self.stats.dropped.entry("bad-source-port").or_default() += 1;
-                return Err(WireError::Ignored("response from a port other than 5353"));
+                let e = WireError::Refused {
+                    kind: "bad-source-port",
+                    why: "a response from a port other than 5353",
+                };
+                *self.stats.dropped.entry(e.kind()).or_default() += 1;
+                return Err(e);
             }
             self.stats.responses_in += 1;
             self.handle_response(now, iface, src.ip(), msg);

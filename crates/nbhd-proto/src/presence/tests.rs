@@ -1010,3 +1010,35 @@ fn a_flooding_source_stays_within_its_budget_and_a_new_peer_is_listed_at_once() 
         "bob listed after {listed:?}"
     );
 }
+
+/// A host that flooded is heard again once its fake instances' SRV records expire (120 s),
+/// though their PTR and TXT records live 4,500 s: those give way to its new records.
+#[test]
+fn a_host_that_flooded_is_heard_again_minutes_after_not_hours() {
+    let mut lan = Lan::new(vec![config("alice", 0, None)]);
+    lan.run_for(Duration::from_secs(3));
+    let host = Ipv4Addr::new(10, 0, 0, 66);
+    let from = SocketAddr::new(IpAddr::V4(host), MDNS_PORT);
+    for k in 0..100 {
+        let m = announcement(&format!("fake{k}@prank"), &format!("fake{k}.local"), host);
+        lan.inject(0, from, &m);
+        lan.run_for(Duration::from_millis(20));
+    }
+    let real = announcement("carol@laptop", "laptop.local", host);
+    lan.inject(0, from, &real);
+    lan.run_for(Duration::from_millis(100));
+    assert!(
+        !lan.peers(0).contains(&"carol@laptop".to_string()),
+        "over its budget"
+    );
+    // The fakes' SRV and A records expire; the flood has stopped.
+    lan.run_for(Duration::from_secs(125));
+    assert!(lan.peers(0).iter().all(|p| !p.ends_with("@prank")));
+    lan.inject(0, from, &real);
+    lan.run_for(Duration::from_millis(100));
+    assert!(
+        lan.peers(0).contains(&"carol@laptop".to_string()),
+        "{:?}",
+        lan.peers(0)
+    );
+}

@@ -35,6 +35,12 @@ pub enum WireError {
     Malformed(String),
     /// A valid DNS message that mDNS says to ignore (RFC 6762 §18.3, §18.11).
     Ignored(&'static str),
+    /// A message we do not handle, whatever it holds: counted under `kind` (its source over
+    /// its packet rate, a response from a port other than 5353).
+    Refused {
+        kind: &'static str,
+        why: &'static str,
+    },
 }
 
 impl fmt::Display for WireError {
@@ -43,6 +49,7 @@ impl fmt::Display for WireError {
             WireError::Oversized(n) => write!(f, "oversized message ({n} bytes > {MAX_MESSAGE})"),
             WireError::Malformed(why) => write!(f, "malformed message: {why}"),
             WireError::Ignored(why) => write!(f, "ignored message: {why}"),
+            WireError::Refused { why, .. } => write!(f, "refused: {why}"),
         }
     }
 }
@@ -56,6 +63,7 @@ impl WireError {
             WireError::Oversized(_) => "oversized",
             WireError::Malformed(_) => "malformed",
             WireError::Ignored(_) => "ignored",
+            WireError::Refused { kind, .. } => kind,
         }
     }
 }
