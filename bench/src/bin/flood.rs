@@ -2,14 +2,16 @@
 //!
 //! Five hosts in network namespaces (nbhd-lab): three daemons (the victims), a flooder, and a
 //! fifth host whose daemon starts while the flood runs. For each flood in turn (forged mDNS
-//! announcements from port 5353, each a new `_presence._tcp` instance; courier frames; TCP
-//! connections to a victim's XEP-0174 port opened and left idle), the same measures beside the
-//! same without the flood:
+//! announcements from port 5353, each a new `_presence._tcp` instance; well-formed courier
+//! frames to h1 from a key it knows with forged signatures, the costliest to refuse; TCP
+//! connections to h1's XEP-0174 port opened, left idle and never closed by the flooder), the
+//! same measures beside the same without the flood:
 //! - the flood's rate (what the flooder sent);
-//! - the control socket's answer time on a victim (`nbhd status` asked every 100 ms: p50, p99,
-//!   max);
-//! - the victims' RSS over time;
-//! - how long after it starts a new daemon is listed by all three victims.
+//! - the control socket's answer time on h1 (`nbhd status` due every 100 ms, timed from the
+//!   moment it was due: p50, p99, max);
+//! - the victims' RSS over time (range) and the most descriptors each had open;
+//! - how long after it starts a new daemon is listed by all three victims;
+//! - what h1 dropped and counted, and its bounded tables.
 //!
 //! Goals (issue 11): answer time p99 under 100 ms; the new daemon listed within 2× its time
 //! without the flood; RSS under 30 MB.
@@ -33,8 +35,9 @@ const VICTIMS: usize = 3;
 const FLOODER: usize = 3;
 const NEWCOMER: usize = 4;
 
-/// `flood mdns|courier SRC SECONDS` and `flood tcp SRC TARGET:PORT SECONDS`, run inside the
-/// flooder's namespace: as fast as it can; prints how many it sent.
+/// `flood mdns SRC SECONDS`, `flood courier SRC SENDER RECIPIENT SECONDS` (peer ids) and
+/// `flood tcp SRC TARGET:PORT SECONDS`, run inside the flooder's namespace: as fast as it can;
+/// prints how many it sent.
 fn flood(args: &[String]) {
     let kind = args[0].as_str();
     let src: Ipv4Addr = args[1].parse().expect("SRC");
@@ -60,16 +63,16 @@ fn flood(args: &[String]) {
             s.set_multicast_if_v4(&src).expect("multicast if");
             s.set_multicast_ttl_v4(255).ok();
             let s: UdpSocket = s.into();
+            let keys = (kind == "courier").then(|| (peer_key(&args[2]), peer_key(&args[3])));
             let mut rng = 0x9e3779b97f4a7c15u64;
             while Instant::now() < end {
                 for _ in 0..64 {
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let bytes = if kind == "mdns" {
-                        announcement(sent, src)
-                    } else {
-                        courier_frame(rng)
+                    let bytes = match &keys {
+                        None => announcement(sent, src),
+                        Some((from, to)) => courier_frame(from, to, rng),
                     };
                     if s.send_to(&bytes, (group, port)).is_ok() {
                         sent += 1;
@@ -81,13 +84,9 @@ fn flood(args: &[String]) {
             let target: SocketAddr = args[2].parse().expect("TARGET:PORT");
             let mut open: Vec<TcpStream> = Vec::new();
             while Instant::now() < end {
-                // Keep up to 1,000 idle connections, replacing those the victim closes.
-                open.retain(|c| {
-                    let mut b = [0u8; 1];
-                    c.set_nonblocking(true).ok();
-                    !matches!(c.peek(&mut b), Ok(0))
-                });
-                if open.len() < 1000 {
+                // Up to 4,000 idle connections, never closed from here, whatever the victim
+                // does: a hostile host does not answer the victim's FIN.
+                if open.len() < 4000 {
                     if let Ok(c) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
                         open.push(c);
                         sent += 1;
@@ -137,16 +136,36 @@ fn announcement(k: u64, ip: Ipv4Addr) -> Vec<u8> {
     m
 }
 
-/// A courier-channel datagram with a plausible header and noise for the rest.
-fn courier_frame(seed: u64) -> Vec<u8> {
-    let mut f = b"NBHF".to_vec();
+/// A peer id (base64url of its key) as the key's bytes.
+fn peer_key(id: &str) -> [u8; 32] {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id)
+        .expect("peer id");
+    bytes.try_into().expect("a 32-byte key")
+}
+
+/// A courier frame as the costliest forgery: well formed, addressed to `to` from a peer it
+/// knows (`from`), with noise for its id, payload and signature, so only the signature check
+/// refuses it (frame.rs's layout).
+fn courier_frame(from: &[u8; 32], to: &[u8; 32], seed: u64) -> Vec<u8> {
+    const PAYLOAD: usize = 120;
+    let mut f = b"NBHD".to_vec();
+    f.extend_from_slice(&[0, 1, 0, 0]); // version 0, kind courier, reserved
+    f.extend_from_slice(from);
+    f.extend_from_slice(to);
     let mut x = seed;
-    for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.push(x as u8);
-    }
+    let mut noise = |f: &mut Vec<u8>, n: usize| {
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            f.push(x as u8);
+        }
+    };
+    noise(&mut f, 8); // id
+    f.extend_from_slice(&(PAYLOAD as u16).to_be_bytes());
+    noise(&mut f, PAYLOAD + 64); // payload, signature
     f
 }
 
@@ -234,34 +253,64 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// While `busy` holds: the `status` answer time of the daemon on `dir` every 100 ms (ms), and
-/// the RSS of `pids` every second (MB).
-fn watch(dir: DataDir, pids: Vec<u32>, busy: &AtomicBool) -> (Vec<f64>, Vec<Vec<f64>>) {
+/// Descriptors a process has open.
+fn fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// What [`watch`] saw.
+struct Watched {
+    /// `status` answer times (ms), each from the moment it was due.
+    answers: Vec<f64>,
+    /// Per victim: RSS (MB) every second.
+    rss: Vec<Vec<f64>>,
+    /// Per victim: the most descriptors open at once.
+    fds: Vec<u64>,
+}
+
+/// While `busy` holds: the `status` answer time of the daemon on `dir`, asked on a fixed
+/// schedule of one every 100 ms and timed from its slot (a slow answer delays the next ones,
+/// and they count that wait: no coordinated omission; one that fails or takes over 5 s is
+/// counted as infinite), and the RSS and descriptors of `pids` every second.
+fn watch(dir: DataDir, pids: Vec<u32>, busy: &AtomicBool) -> Watched {
     let answers = Mutex::new(Vec::new());
     let rss = Mutex::new(vec![Vec::new(); pids.len()]);
+    let most_fds = Mutex::new(vec![0; pids.len()]);
     std::thread::scope(|s| {
         s.spawn(|| {
+            let start = Instant::now();
+            let mut k = 0u32;
             while busy.load(Ordering::SeqCst) {
-                let t = Instant::now();
+                let slot = start + Duration::from_millis(100) * k;
+                k += 1;
+                std::thread::sleep(slot.saturating_duration_since(Instant::now()));
                 let ok = Client::connect(&dir).and_then(|mut c| c.call(&Request::Status));
-                let ms = t.elapsed().as_secs_f64() * 1000.0;
-                answers
-                    .lock()
-                    .unwrap()
-                    .push(if ok.is_ok() { ms } else { f64::INFINITY });
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+                let ms = slot.elapsed().as_secs_f64() * 1000.0;
+                let ms = if ok.is_ok() && ms < 5000.0 {
+                    ms
+                } else {
+                    f64::INFINITY
+                };
+                answers.lock().unwrap().push(ms);
             }
         });
         s.spawn(|| {
             while busy.load(Ordering::SeqCst) {
                 for (i, pid) in pids.iter().enumerate() {
                     rss.lock().unwrap()[i].push(rss_kb(*pid) as f64 / 1024.0);
+                    let n = fds(*pid);
+                    let mut m = most_fds.lock().unwrap();
+                    m[i] = m[i].max(n);
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
     });
-    (answers.into_inner().unwrap(), rss.into_inner().unwrap())
+    Watched {
+        answers: answers.into_inner().unwrap(),
+        rss: rss.into_inner().unwrap(),
+        fds: most_fds.into_inner().unwrap(),
+    }
 }
 
 fn main() {
@@ -311,30 +360,38 @@ fn main() {
     let me = me.to_str().expect("utf-8").to_string();
     let flooder_ip = b.lab.host(FLOODER).ip.to_string();
     let victim0 = b.lab.host(0).ip;
-    // The victim's XEP-0174 port, as the others see it.
-    let p2pj = b
+    // The victim's XEP-0174 port and the victims' peer ids, as the others see them.
+    let seen_by_h2 = b
         .client(1)
         .and_then(|mut c| c.call(&Request::Peers).ok())
         .and_then(|v| v.as_array().cloned())
-        .and_then(|a| {
-            a.iter()
-                .find(|p| p["nick"] == "h1")
-                .and_then(|p| p["port"].as_u64())
-        })
-        .expect("h1's port") as u16;
+        .expect("h2's peers");
+    let row = |nick: &str| {
+        seen_by_h2
+            .iter()
+            .find(|p| p["nick"] == nick)
+            .cloned()
+            .unwrap_or_else(|| panic!("{nick} listed by h2"))
+    };
+    let p2pj = row("h1")["port"].as_u64().expect("h1's port") as u16;
+    let (h1_id, h3_id) = (
+        row("h1")["id"].as_str().expect("id").to_string(),
+        row("h3")["id"].as_str().expect("id").to_string(),
+    );
 
     println!(
         "# bench/flood: 3 daemons, a flooder, a newcomer started during the flood; {seconds} s per flood; nbhd at {}",
         b.bin.display()
     );
     println!(
-        "{:<16} {:>12} | {:>9} {:>9} {:>9} | {:>16} | {:>14} {:>14}",
+        "{:<16} {:>12} | {:>9} {:>9} {:>9} | {:>16} | {:>12} | {:>14} {:>14}",
         "flood",
         "rate",
         "answer p50",
         "p99",
         "max",
         "victims' RSS MB",
+        "most fds",
         "newcomer listed",
         "(no flood)"
     );
@@ -345,8 +402,10 @@ fn main() {
         let log = b.lab.dir.join(format!("flood-{kind}.txt"));
         let mut cmd: Vec<String> =
             vec![me.clone(), "flood".into(), kind.into(), flooder_ip.clone()];
-        if kind == "tcp" {
-            cmd.push(SocketAddr::from((victim0, p2pj)).to_string());
+        match kind {
+            "tcp" => cmd.push(SocketAddr::from((victim0, p2pj)).to_string()),
+            "courier" => cmd.extend([h3_id.clone(), h1_id.clone()]),
+            _ => {}
         }
         cmd.push(format!("{seconds}"));
         let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
@@ -355,7 +414,7 @@ fn main() {
         let newcomer_at = Duration::from_secs_f64((seconds / 4.0).min(15.0));
         let (dir0, pids) = (DataDir::resolve(Some(b.dirs[0].clone())), b.pids.clone());
         let mut flooded = None;
-        let (answers, rss) = std::thread::scope(|s| {
+        let watched = std::thread::scope(|s| {
             let busy = &busy;
             let watcher = s.spawn(move || watch(dir0, pids, busy));
             std::thread::sleep(newcomer_at);
@@ -372,6 +431,7 @@ fn main() {
             .unwrap_or(0.0);
         let rate = sent / seconds;
         let unit = if kind == "tcp" { "conn/s" } else { "pkt/s" };
+        let Watched { answers, rss, fds } = watched;
         let max_rss = rss.iter().flatten().cloned().fold(0.0, f64::max);
         let rss_range: Vec<String> = rss
             .iter()
@@ -386,13 +446,14 @@ fn main() {
         let fmt =
             |d: Option<Duration>| d.map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64()));
         println!(
-            "{:<16} {:>7.0} {unit:<6}| {:>7.2}ms {:>7.2}ms {:>7.2}ms | {:>16} | {:>14} {:>14}",
+            "{:<16} {:>7.0} {unit:<6}| {:>7.2}ms {:>7.2}ms {:>7.2}ms | {:>16} | {:>12} | {:>14} {:>14}",
             kind,
             rate,
             pct(&answers, 0.5),
             pct(&answers, 0.99),
             pct(&answers, 1.0),
             rss_range.join(" "),
+            fds.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
             fmt(flooded),
             fmt(quiet)
         );

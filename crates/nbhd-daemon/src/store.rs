@@ -15,6 +15,7 @@ use std::path::Path;
 
 use nbhd_proto::activity::{ActivityId, ActivityInfo, Load, Post};
 use nbhd_proto::messages::stanza::Activity;
+use nbhd_proto::messages::MAX_SEEN;
 use nbhd_proto::node::{Record, Restored};
 use nbhd_proto::paths::Via;
 use rusqlite::{Connection, OptionalExtension, Transaction};
@@ -308,17 +309,24 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT sender, id FROM seen WHERE at_ms >= ?1
-                 UNION SELECT sender, id FROM invitations
-                 UNION SELECT sender, id FROM messages WHERE via IS NOT NULL AND id NOT LIKE 'local-%'",
+                "SELECT sender, id FROM (
+                     SELECT sender, id, at_ms AS t FROM seen WHERE at_ms >= ?1
+                     UNION SELECT sender, id, received_ms FROM invitations
+                     UNION SELECT sender, id, at_ms FROM messages
+                         WHERE via IS NOT NULL AND id NOT LIKE 'local-%')
+                 ORDER BY t DESC LIMIT ?2",
             )
             .map_err(ctx)?;
         let rows = st
-            .query_map([now_ms as i64 - SEEN_KEPT_MS], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
+            .query_map(
+                rusqlite::params![now_ms as i64 - SEEN_KEPT_MS, MAX_SEEN as i64],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
             .map_err(ctx)?;
-        let seen = rows.collect::<Result<Vec<_>, _>>().map_err(ctx)?;
+        // The newest that the Node keeps in memory, oldest first as they came: the Node's
+        // bound drops from the front. Older copies still meet their rows here.
+        let mut seen = rows.collect::<Result<Vec<_>, _>>().map_err(ctx)?;
+        seen.reverse();
         drop(st);
         let ctx = |e: rusqlite::Error| DaemonError::other("store: activities", e);
         let mut st = self

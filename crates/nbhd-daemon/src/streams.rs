@@ -11,6 +11,10 @@ use nbhd_proto::node::{ConnId, Node, StreamAction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+
+/// The pause after a failed accept (see [`accept`]).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What connection tasks report to the event loop.
 pub enum NetEvent {
@@ -37,19 +41,26 @@ pub enum NetEvent {
 /// stream's last words, `</stream:stream>` among them, reach the peer).
 pub struct Writer {
     bytes: mpsc::UnboundedSender<Vec<u8>>,
-    task: tokio::task::JoinHandle<()>,
+    task: JoinHandle<()>,
+    reader: AbortHandle,
 }
 
 pub struct Streams {
     writers: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
-    tasks: HashMap<ConnId, tokio::task::JoinHandle<()>>,
+    readers: HashMap<ConnId, AbortHandle>,
+    tasks: HashMap<ConnId, JoinHandle<()>>,
     events: mpsc::UnboundedSender<NetEvent>,
 }
+
+/// How long a closed stream's writer gets to hand its last bytes to the kernel before the
+/// socket is dropped whatever the peer does.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 impl Streams {
     pub fn new(events: mpsc::UnboundedSender<NetEvent>) -> Streams {
         Streams {
             writers: HashMap::new(),
+            readers: HashMap::new(),
             tasks: HashMap::new(),
             events,
         }
@@ -67,19 +78,35 @@ impl Streams {
                 }
             }
             StreamAction::Close { conn } => {
-                // Dropping the writer ends the writer task, which shuts the stream down.
+                // Dropping the writer ends the writer task, which shuts the stream down; then
+                // the reader goes too, or a peer that never closes its side (one refused for
+                // flooding, one that never opened its stream) would keep the socket open for
+                // as long as it likes. The Node has forgotten the stream; nothing more is read.
                 self.writers.remove(&conn);
+                let reader = self.readers.remove(&conn);
+                if let Some(writer) = self.tasks.remove(&conn) {
+                    let closer = tokio::spawn(async move {
+                        let _ = tokio::time::timeout(CLOSE_LINGER, writer).await;
+                        if let Some(r) = reader {
+                            r.abort();
+                        }
+                    });
+                    self.tasks.insert(conn, closer);
+                }
+                self.tasks.retain(|_, t| !t.is_finished());
             }
         }
     }
 
     pub fn add_writer(&mut self, conn: ConnId, w: Writer) {
         self.writers.insert(conn, w.bytes);
+        self.readers.insert(conn, w.reader);
         self.tasks.insert(conn, w.task);
     }
 
     pub fn forget(&mut self, conn: ConnId) {
         self.writers.remove(&conn);
+        self.readers.remove(&conn);
         self.tasks.remove(&conn);
     }
 
@@ -124,7 +151,7 @@ fn run_stream(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSender<Net
         }
         let _ = wr.shutdown().await;
     });
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 16 * 1024];
         let failed = loop {
             match rd.read(&mut buf).await {
@@ -140,15 +167,26 @@ fn run_stream(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSender<Net
         };
         let _ = events.send(NetEvent::Closed { conn, failed });
     });
-    Writer { bytes: tx, task }
+    Writer {
+        bytes: tx,
+        task,
+        reader: reader.abort_handle(),
+    }
 }
 
 /// Accepts XEP-0174 streams; accepted connections are numbered from [`Node::ACCEPTED_BASE`].
 pub async fn accept(listener: TcpListener, events: mpsc::UnboundedSender<NetEvent>) {
     let mut next = Node::ACCEPTED_BASE;
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
+        let (stream, remote) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors (EMFILE) and the like: retrying at once would spin on
+                // the same error; a moment later streams closed since have freed some.
+                tracing::warn!("accepting a stream: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let conn = next;
         next += 1;

@@ -260,6 +260,8 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         while let Ok(p) = req_rx.try_recv() {
             d.on_request(p);
         }
+        // What they asked goes out now, not after whatever the select below waits for.
+        d.flush();
         if d.node.poll_timeout().is_some_and(|t| t <= Instant::now()) {
             d.node.handle_timeout(Instant::now());
             d.flush();

@@ -98,6 +98,18 @@ impl Node {
             if p.recipient() != self.me.public() || p.sender() == self.me.public() {
                 return None;
             }
+            // A key presence never announced is refused before its signature is checked: a
+            // flood of frames from made-up keys costs a lookup each, not a verification.
+            if self.messages.peer_id_by_key(&p.sender()).is_none() {
+                let who = URL_SAFE_NO_PAD.encode(p.sender());
+                self.drop(
+                    channel,
+                    &src.to_string(),
+                    DropReason::UnknownSender,
+                    format!("frame from key {who} that presence has not announced"),
+                );
+                return None;
+            }
         }
         let f = match frame::Repr::parse(bytes) {
             Ok(f) => f,
@@ -111,19 +123,8 @@ impl Node {
                 return None;
             }
         };
-        let Some(peer) = self.messages.peer_id_by_key(&f.sender) else {
-            let who = URL_SAFE_NO_PAD.encode(f.sender);
-            self.drop(
-                channel,
-                &src.to_string(),
-                DropReason::UnknownSender,
-                format!(
-                    "{:?} frame from key {who} that presence has not announced",
-                    f.kind
-                ),
-            );
-            return None;
-        };
+        // Known: checked above on the same bytes, which parsed.
+        let peer = self.messages.peer_id_by_key(&f.sender)?;
         Some((f, peer))
     }
 

@@ -214,8 +214,12 @@ impl Cache {
         let Some(b) = self.budgets.get(&source) else {
             return false;
         };
-        if instance_of(r).is_some() || b.records < MAX_RECORDS_PER_SOURCE {
+        let new_instance = instance_of(r).is_some_and(|i| !b.instances.contains_key(i));
+        if new_instance && b.instances.len() >= MAX_INSTANCES_PER_SOURCE {
             return false; // an instance over its budget waits for one to go
+        }
+        if b.records < MAX_RECORDS_PER_SOURCE {
+            return false;
         }
         let live: Vec<(&Name, Option<&Name>)> = self
             .entries

@@ -116,6 +116,24 @@ impl Presence {
             .collect()
     }
 
+    /// One query message asking `batch`, with our known answers to each (RFC 6762 §7.1).
+    fn send_questions(&mut self, now: Instant, iface: IfaceId, batch: &[PlannedQuery]) {
+        let mut msg = Message::query();
+        for q in batch {
+            msg.questions.push(Question {
+                name: q.name.clone(),
+                qtype: q.qtype,
+                unicast: false,
+            });
+            for k in self.known_answers(now, iface, &q.name, q.qtype) {
+                if !msg.answers.iter().any(|a| a.same_record(&k)) {
+                    msg.answers.push(k);
+                }
+            }
+        }
+        self.send_split(iface, Destination::Multicast, msg);
+    }
+
     pub(super) fn send_due_queries(&mut self, now: Instant) {
         if !self.queries.iter().any(|q| q.at <= now) {
             return;
@@ -128,20 +146,10 @@ impl Presence {
             by_iface.entry(q.iface).or_default().push(q);
         }
         for (iface, qs) in by_iface {
-            let mut msg = Message::query();
-            for q in &qs {
-                msg.questions.push(Question {
-                    name: q.name.clone(),
-                    qtype: q.qtype,
-                    unicast: false,
-                });
-                for k in self.known_answers(now, iface, &q.name, q.qtype) {
-                    if !msg.answers.iter().any(|a| a.same_record(&k)) {
-                        msg.answers.push(k);
-                    }
-                }
+            // No more questions in one message than a receiver takes (wire::MAX_QUESTIONS).
+            for batch in qs.chunks(wire::MAX_QUESTIONS) {
+                self.send_questions(now, iface, batch);
             }
-            self.send_split(iface, Destination::Multicast, msg);
             for q in qs {
                 match q.kind {
                     QueryKind::Browse => self.reschedule_browse(now, q),

@@ -1,8 +1,9 @@
 //! How much each source address may make us work: a token bucket of packets per source, checked
 //! before a packet is even parsed. A real host sends a few mDNS packets a second (a busy one a
 //! few dozen, in bursts); a flooding one is cut to that, cheaply, so the daemon keeps its time
-//! for everyone else (issue 11). A flood from forged, ever-changing addresses is not stopped
-//! here; the cache's bounds hold then.
+//! for everyone else (issue 11). A flood from forged, ever-changing addresses fills the table
+//! of sources; past it, every new address shares one more bucket, so such a flood costs no
+//! more than one source more.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,6 +20,22 @@ pub const MAX_SOURCES: usize = 1024;
 pub struct SourceRates {
     /// Tokens left, and when they were counted.
     buckets: HashMap<IpAddr, (f64, Instant)>,
+    /// The bucket shared by the sources that found the table full.
+    overflow: Option<(f64, Instant)>,
+}
+
+/// Takes a token from `bucket` after refilling it for the time since it was counted.
+fn take(bucket: &mut (f64, Instant), now: Instant) -> bool {
+    let (tokens, at) = bucket;
+    let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+    *tokens = (*tokens + elapsed * RATE_PER_SOURCE).min(BURST_PER_SOURCE);
+    *at = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        false
+    }
 }
 
 impl SourceRates {
@@ -30,22 +47,15 @@ impl SourceRates {
             self.buckets
                 .retain(|_, (_, at)| now.saturating_duration_since(*at).as_secs_f64() < refill);
             if self.buckets.len() >= MAX_SOURCES {
-                return true; // too many sources to tell apart: the cache's bounds hold
+                let shared = self.overflow.get_or_insert((BURST_PER_SOURCE, now));
+                return take(shared, now);
             }
         }
-        let (tokens, at) = self
+        let bucket = self
             .buckets
             .entry(source)
             .or_insert((BURST_PER_SOURCE, now));
-        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
-        *tokens = (*tokens + elapsed * RATE_PER_SOURCE).min(BURST_PER_SOURCE);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        take(bucket, now)
     }
 }
 
@@ -78,5 +88,20 @@ mod tests {
         let later = t + Duration::from_secs(5);
         assert!(r.admit(later, "10.9.9.9".parse().unwrap()));
         assert!(r.buckets.len() < 10);
+    }
+
+    #[test]
+    fn sources_past_the_table_share_one_bucket() {
+        let mut r = SourceRates::default();
+        let t = Instant::now();
+        for k in 0..MAX_SOURCES as u32 {
+            assert!(r.admit(t, std::net::IpAddr::from(k.to_be_bytes())));
+        }
+        // A flood from ever-new forged addresses, all while the table is busy.
+        let admitted = (0..10_000u32)
+            .filter(|k| r.admit(t, std::net::IpAddr::from((1 << 24 | k).to_be_bytes())))
+            .count();
+        assert_eq!(admitted, BURST_PER_SOURCE as usize);
+        assert_eq!(r.buckets.len(), MAX_SOURCES);
     }
 }

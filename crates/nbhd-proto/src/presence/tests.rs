@@ -1042,3 +1042,32 @@ fn a_host_that_flooded_is_heard_again_minutes_after_not_hours() {
         lan.peers(0)
     );
 }
+
+/// A host whose record budget is spent on leftovers (PTR and TXT records of instances it no
+/// longer serves) still gets a new instance in: the leftovers give way to the new SRV too.
+#[test]
+fn leftovers_give_way_to_a_new_instance_at_the_record_budget() {
+    let mut lan = Lan::new(vec![config("alice", 0, None)]);
+    lan.run_for(Duration::from_secs(3));
+    let host = Ipv4Addr::new(10, 0, 0, 66);
+    let from = SocketAddr::new(IpAddr::V4(host), MDNS_PORT);
+    for k in 0..cache::MAX_RECORDS_PER_SOURCE {
+        let mut m = announcement(&format!("gone{k}@prank"), "prank.local", host);
+        m.answers
+            .retain(|r| matches!(r.data, RecordData::Ptr(_) | RecordData::Txt(_)));
+        lan.inject(0, from, &m);
+        lan.run_for(Duration::from_millis(20));
+    }
+    // Its budget is full of leftovers (each new one made room by dropping an older one).
+    assert_eq!(
+        lan.net.host(0).cache_size().0,
+        cache::MAX_RECORDS_PER_SOURCE
+    );
+    lan.inject(0, from, &announcement("carol@laptop", "laptop.local", host));
+    lan.run_for(Duration::from_millis(100));
+    assert!(
+        lan.peers(0).contains(&"carol@laptop".to_string()),
+        "{:?}",
+        lan.peers(0)
+    );
+}

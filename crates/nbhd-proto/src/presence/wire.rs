@@ -15,6 +15,11 @@ use simple_dns::{CharacterString, Label, PacketFlag, CLASS, QCLASS, QTYPE};
 
 /// RFC 6762 §17: an mDNS message is at most 9000 bytes, whatever the link.
 pub const MAX_MESSAGE: usize = 9000;
+/// Questions one message may ask and records it may carry (all sections): a real host asks a
+/// few dozen at most and splits long known-answer lists over packets (RFC 6762 §7.2); a
+/// message of more is refused before it makes us work for each.
+pub const MAX_QUESTIONS: usize = 64;
+pub const MAX_RECORDS: usize = 256;
 /// What we put in one datagram ourselves: below the 1400-byte MTU of many meshes and tunnels,
 /// so our packets are never fragmented (RFC 6762 §17 asks to avoid fragmentation).
 pub const TARGET_MESSAGE: usize = 1300;
@@ -447,6 +452,19 @@ impl Message {
         if p.rcode() != simple_dns::RCODE::NoError {
             return Err(WireError::Ignored("non-zero rcode"));
         }
+        if p.questions.len() > MAX_QUESTIONS {
+            return Err(WireError::Refused {
+                kind: "too-many-questions",
+                why: "more questions than one message may ask",
+            });
+        }
+        let carried = p.answers.len() + p.name_servers.len() + p.additional_records.len();
+        if carried > MAX_RECORDS {
+            return Err(WireError::Refused {
+                kind: "too-many-records",
+                why: "more records than one message may carry",
+            });
+        }
         let records = |rs: &[simple_dns::ResourceRecord<'_>]| -> Vec<Record> {
             rs.iter()
                 .filter(|r| r.class == CLASS::IN)
@@ -567,6 +585,40 @@ mod tests {
             RecordData::A(Ipv4Addr::new(10, 0, 0, 1)),
         ));
         m
+    }
+
+    #[test]
+    fn a_message_of_too_many_questions_or_records_is_refused() {
+        let ask = |n: usize| {
+            let mut m = Message::query();
+            for k in 0..n {
+                m.questions.push(Question {
+                    name: Name::dotted(&format!("q{k}.local")),
+                    qtype: 1,
+                    unicast: false,
+                });
+            }
+            Message::parse(&m.emit())
+        };
+        assert_eq!(ask(MAX_QUESTIONS).unwrap().questions.len(), MAX_QUESTIONS);
+        assert_eq!(
+            ask(MAX_QUESTIONS + 1).unwrap_err().kind(),
+            "too-many-questions"
+        );
+        let carry = |n: usize| {
+            let mut m = Message::response();
+            for k in 0..n {
+                let ip = Ipv4Addr::from(0x0a00_0000 + k as u32);
+                m.answers
+                    .push(Record::new(Name::dotted("h.local"), 120, RecordData::A(ip)));
+            }
+            Message::parse(&m.emit())
+        };
+        assert_eq!(carry(MAX_RECORDS).unwrap().answers.len(), MAX_RECORDS);
+        assert_eq!(
+            carry(MAX_RECORDS + 1).unwrap_err().kind(),
+            "too-many-records"
+        );
     }
 
     #[test]
