@@ -37,10 +37,19 @@ pub struct Report {
     pub by_path: BTreeMap<String, usize>,
     /// Delivered invitations their receiver does not keep.
     pub missing: Vec<String>,
+    /// Invitations whose sender was told "not delivered" ...
+    pub not_delivered: usize,
+    /// ... of which the receiver keeps anyway (it got them; no receipt reached the sender
+    /// within the timeout) ...
+    pub not_delivered_kept: usize,
+    /// ... and invitations no reply came for (the sender's daemon unreachable).
+    pub unanswered: usize,
     /// Invitations a receiver announced (an `invitation` event) more than once, restarts
     /// included, and how many invitation events were seen in all.
     pub duplicated: Vec<String>,
     pub events: usize,
+    /// Delivered invitations their receiver kept but never announced.
+    pub unannounced: Vec<String>,
     pub kills: usize,
     pub black_holes: usize,
     pub loss_bursts: usize,
@@ -253,6 +262,7 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Report {
     let mut rss_series: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut last_rss = Instant::now() - Duration::from_secs(60);
     let mut delivered: Vec<(usize, String)> = Vec::new();
+    let mut not_delivered: Vec<(usize, String)> = Vec::new();
     let stop_flood = Arc::new(AtomicBool::new(false));
     let flood_sent = Arc::new(AtomicU64::new(0));
     let mut flood: Option<(std::thread::JoinHandle<std::io::Result<()>>, Instant)> = None;
@@ -302,11 +312,16 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Report {
                             timeout: 5.0,
                         },
                     );
-                    if let Some(v) = r.filter(|v| v["delivered"] == true) {
-                        report.delivered += 1;
-                        let via = v["via"].as_str().unwrap_or("?").to_string();
-                        *report.by_path.entry(via).or_default() += 1;
-                        delivered.push((b, v["id"].as_str().unwrap_or("").to_string()));
+                    let id = |v: &serde_json::Value| v["id"].as_str().unwrap_or("").to_string();
+                    match r {
+                        Some(v) if v["delivered"] == true => {
+                            report.delivered += 1;
+                            let via = v["via"].as_str().unwrap_or("?").to_string();
+                            *report.by_path.entry(via).or_default() += 1;
+                            delivered.push((b, id(&v)));
+                        }
+                        Some(v) => not_delivered.push((b, id(&v))),
+                        None => report.unanswered += 1,
                     }
                 }
             }
@@ -426,23 +441,35 @@ pub fn run(cfg: &Config, mut progress: impl FnMut(&str)) -> Report {
             report.missing.push(format!("{id} to {}", nick(*to)));
         }
     }
+    report.not_delivered = not_delivered.len();
+    report.not_delivered_kept = not_delivered
+        .iter()
+        .filter(|(to, id)| kept[*to].contains(id))
+        .count();
     // Nothing twice: the store's primary key cannot hold a duplicate, so count what each
-    // receiver announced (a restart that forgot an id would announce it again).
+    // receiver announced (a restart that forgot an id would announce it again). The daemon
+    // logs each invitation event as `…: invitation from=… id=… …` (daemon::on_event).
+    let mut announced: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); n];
     for (i, h) in hosts.iter().enumerate() {
         let text = std::fs::read_to_string(&h.log).unwrap_or_default();
-        let mut announced: BTreeMap<&str, usize> = BTreeMap::new();
         for line in text.lines().filter(|l| l.contains(": invitation ")) {
             if let Some(id) = line.split_whitespace().find_map(|w| w.strip_prefix("id=")) {
-                *announced.entry(id).or_default() += 1;
+                *announced[i].entry(id.to_string()).or_default() += 1;
                 report.events += 1;
             }
         }
-        for (id, c) in announced {
-            if c > 1 {
+        for (id, c) in &announced[i] {
+            if *c > 1 {
                 report
                     .duplicated
                     .push(format!("{id} to {} ({c} times)", nick(i)));
             }
+        }
+    }
+    // Every delivered invitation was announced by its receiver, too.
+    for (to, id) in &delivered {
+        if !announced[*to].contains_key(id) {
+            report.unannounced.push(format!("{id} to {}", nick(*to)));
         }
     }
     for h in &hosts {
@@ -473,7 +500,7 @@ pub fn print(r: &Report) -> String {
         s.push('\n');
     };
     line(format!(
-        "invitations: {} tried, {} delivered ({}), {} not kept by their receiver, {} announced twice (of {} invitation events)",
+        "invitations: {} tried, {} delivered ({}), {} not kept by their receiver, {} not announced, {} announced twice (of {} invitation events)",
         r.invitations_tried,
         r.delivered,
         r.by_path
@@ -482,8 +509,13 @@ pub fn print(r: &Report) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         r.missing.len(),
+        r.unannounced.len(),
         r.duplicated.len(),
         r.events
+    ));
+    line(format!(
+        "not delivered (the sender told so): {}, of which the receiver keeps anyway: {}; no reply: {}",
+        r.not_delivered, r.not_delivered_kept, r.unanswered
     ));
     line(format!(
         "faults: {} kills (-9, restarted), {} black holes moved, {} loss bursts, a flood of {} forged announcements in {:.0} s ({:.0}/s)",

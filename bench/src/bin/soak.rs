@@ -49,9 +49,9 @@ fn main() {
     );
     let r = soak::run(&cfg, |p| eprintln!("soak: {p}"));
     print!("{}", soak::print(&r));
-    let lost = r.missing.len() + r.duplicated.len();
+    let lost = r.missing.len() + r.unannounced.len() + r.duplicated.len();
     println!(
-        "nothing lost: {}; errors in the logs: {}",
+        "nothing lost or shown twice: {}; errors in the logs: {}",
         if lost == 0 { "yes" } else { "NO" },
         r.errors.len()
     );

@@ -309,12 +309,12 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT sender, id FROM (
+                "SELECT sender, id, MAX(t) AS t FROM (
                      SELECT sender, id, at_ms AS t FROM seen WHERE at_ms >= ?1
-                     UNION SELECT sender, id, received_ms FROM invitations
-                     UNION SELECT sender, id, at_ms FROM messages
+                     UNION ALL SELECT sender, id, received_ms FROM invitations
+                     UNION ALL SELECT sender, id, at_ms FROM messages
                          WHERE via IS NOT NULL AND id NOT LIKE 'local-%')
-                 ORDER BY t DESC LIMIT ?2",
+                 GROUP BY sender, id ORDER BY t DESC LIMIT ?2",
             )
             .map_err(ctx)?;
         let rows = st
@@ -812,5 +812,30 @@ mod tests {
             ],
             "sender 8 has no seq 1: no head at all"
         );
+    }
+
+    #[test]
+    fn the_seen_ids_restored_are_the_newest_oldest_first_each_once() {
+        let mut s = Store::open(&temp("seen-newest")).unwrap();
+        let now = 10_000_000_000u64;
+        let tx = s.conn.transaction().unwrap();
+        for k in 0..MAX_SEEN as u64 + 10 {
+            tx.execute(
+                "INSERT INTO seen VALUES ('bob', ?1, ?2)",
+                rusqlite::params![format!("m{k}"), (now - 1_000_000 + k) as i64],
+            )
+            .unwrap();
+        }
+        // The newest id is also a stored message: it comes back once.
+        tx.execute(
+            "INSERT INTO messages VALUES ('bob', ?1, 'me', 'BOB', 'ME', 'hi', 'tcp', ?2)",
+            rusqlite::params![format!("m{}", MAX_SEEN + 9), now as i64],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let seen = s.restored(now).unwrap().seen;
+        assert_eq!(seen.len(), MAX_SEEN);
+        assert_eq!(seen.first().unwrap().1, "m10", "the ten oldest left out");
+        assert_eq!(seen.last().unwrap().1, format!("m{}", MAX_SEEN + 9));
     }
 }

@@ -49,6 +49,8 @@ pub struct Streams {
     writers: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>,
     readers: HashMap<ConnId, AbortHandle>,
     tasks: HashMap<ConnId, JoinHandle<()>>,
+    /// Streams the Node closed, finishing their last bytes (see `CLOSE_LINGER`).
+    closing: Vec<JoinHandle<()>>,
     events: mpsc::UnboundedSender<NetEvent>,
 }
 
@@ -61,6 +63,7 @@ impl Streams {
         Streams {
             writers: HashMap::new(),
             readers: HashMap::new(),
+            closing: Vec::new(),
             tasks: HashMap::new(),
             events,
         }
@@ -84,16 +87,19 @@ impl Streams {
                 // as long as it likes. The Node has forgotten the stream; nothing more is read.
                 self.writers.remove(&conn);
                 let reader = self.readers.remove(&conn);
-                if let Some(writer) = self.tasks.remove(&conn) {
-                    let closer = tokio::spawn(async move {
-                        let _ = tokio::time::timeout(CLOSE_LINGER, writer).await;
-                        if let Some(r) = reader {
-                            r.abort();
+                let writer = self.tasks.remove(&conn);
+                self.closing.retain(|t| !t.is_finished());
+                self.closing.push(tokio::spawn(async move {
+                    if let Some(w) = writer {
+                        let stop = w.abort_handle();
+                        if tokio::time::timeout(CLOSE_LINGER, w).await.is_err() {
+                            stop.abort(); // a peer that reads nothing keeps nothing open
                         }
-                    });
-                    self.tasks.insert(conn, closer);
-                }
-                self.tasks.retain(|_, t| !t.is_finished());
+                    }
+                    if let Some(r) = reader {
+                        r.abort();
+                    }
+                }));
             }
         }
     }
@@ -113,7 +119,8 @@ impl Streams {
     /// Shutting down: lets every writer finish what it was given (within `limit`).
     pub async fn finish(mut self, limit: Duration) {
         self.writers.clear();
-        let tasks: Vec<_> = self.tasks.drain().map(|(_, t)| t).collect();
+        let mut tasks: Vec<_> = self.tasks.drain().map(|(_, t)| t).collect();
+        tasks.append(&mut self.closing);
         let _ = tokio::time::timeout(limit, async {
             for t in tasks {
                 let _ = t.await;

@@ -123,8 +123,10 @@ impl Node {
                 return None;
             }
         };
-        // Known: checked above on the same bytes, which parsed.
-        let peer = self.messages.peer_id_by_key(&f.sender)?;
+        // Known: checked above on the same bytes (Repr::parse takes only what new_checked does).
+        let peer = self.messages.peer_id_by_key(&f.sender);
+        debug_assert!(peer.is_some(), "a parsed frame passed new_checked");
+        let peer = peer?;
         Some((f, peer))
     }
 

@@ -1,9 +1,9 @@
 //! How much each source address may make us work: a token bucket of packets per source, checked
 //! before a packet is even parsed. A real host sends a few mDNS packets a second (a busy one a
 //! few dozen, in bursts); a flooding one is cut to that, cheaply, so the daemon keeps its time
-//! for everyone else (issue 11). A flood from forged, ever-changing addresses fills the table
-//! of sources; past it, every new address shares one more bucket, so such a flood costs no
-//! more than one source more.
+//! for everyone else (issue 11). A flood from forged, ever-changing addresses is not slowed
+//! here (each address is new and sends little; the cache's bounds hold then); past a full
+//! table of sources that each keep busy, every new address shares one more bucket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -42,10 +42,15 @@ impl SourceRates {
     /// May a packet from `source` be handled now? Takes one of its tokens if so.
     pub fn admit(&mut self, now: Instant, source: IpAddr) -> bool {
         if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_SOURCES {
-            // Sources whose bucket has refilled are as good as new: forget them.
-            let refill = BURST_PER_SOURCE / RATE_PER_SOURCE;
-            self.buckets
-                .retain(|_, (_, at)| now.saturating_duration_since(*at).as_secs_f64() < refill);
+            // Sources whose bucket has refilled are as good as new: forget them. That is every
+            // real host (a packet or two now and then) and every forged address of a flood
+            // that changes address on each packet (one token, back in 10 ms); only sources
+            // that keep their bucket below full stay, so the table is full only of busy ones.
+            // Swept when full: once per MAX_SOURCES new sources at most.
+            self.buckets.retain(|_, (tokens, at)| {
+                let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+                *tokens + elapsed * RATE_PER_SOURCE < BURST_PER_SOURCE
+            });
             if self.buckets.len() >= MAX_SOURCES {
                 let shared = self.overflow.get_or_insert((BURST_PER_SOURCE, now));
                 return take(shared, now);
@@ -88,6 +93,25 @@ mod tests {
         let later = t + Duration::from_secs(5);
         assert!(r.admit(later, "10.9.9.9".parse().unwrap()));
         assert!(r.buckets.len() < 10);
+    }
+
+    #[test]
+    fn a_real_host_is_admitted_during_a_flood_from_ever_new_addresses() {
+        let mut r = SourceRates::default();
+        let t = Instant::now();
+        let real: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(r.admit(t, real));
+        // Quiet for a while, as real hosts are; then 100,000 forged packets a second, each
+        // from a new address, for a second ...
+        let flood = t + Duration::from_secs(5);
+        for k in 0..100_000u32 {
+            let at = flood + Duration::from_micros(10 * k as u64);
+            r.admit(at, IpAddr::from((1 << 24 | k).to_be_bytes()));
+        }
+        // ... and the real host's next announcement gets through, again and again.
+        let later = flood + Duration::from_secs(1);
+        assert!((0..10).all(|_| r.admit(later, real)));
+        assert!(r.buckets.len() <= MAX_SOURCES);
     }
 
     #[test]

@@ -21,10 +21,14 @@ impl Presence {
             .links
             .get_mut(&iface)
             .expect("checked by handle_packet");
-        // RFC 6762 §7.2: known answers continued in further packets from the same querier.
-        if let Some(w) = link.tc_waits.iter_mut().find(|w| w.src == src) {
+        // RFC 6762 §7.2: known answers continued in further packets from the same querier,
+        // right after the query they continue (the newest one waiting from it).
+        if let Some(w) = link.tc_waits.iter_mut().rev().find(|w| w.src == src) {
             if msg.questions.is_empty() {
-                w.query.answers.extend(msg.answers);
+                // Bounded: a querier that keeps continuing adds no more past the bound (we
+                // may then answer what it knew; that costs a packet, not memory).
+                let room = MAX_KNOWN_ANSWERS.saturating_sub(w.query.answers.len());
+                w.query.answers.extend(msg.answers.into_iter().take(room));
                 if msg.truncated {
                     let extra =
                         Duration::from_millis(self.rng.gen_range(TC_WAIT_MS.0..=TC_WAIT_MS.1));
@@ -35,7 +39,7 @@ impl Presence {
                 return;
             }
         }
-        if msg.truncated {
+        if msg.truncated && link.tc_waits.len() < MAX_TC_WAITS {
             let until =
                 now + Duration::from_millis(self.rng.gen_range(TC_WAIT_MS.0..=TC_WAIT_MS.1));
             let link = self
