@@ -37,6 +37,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_STREAMS: usize = 256;
 /// ... and accepted from one address (a peer needs one; a few more while one replaces another).
 pub const MAX_STREAMS_PER_ADDRESS: usize = 8;
+/// Bytes a stream may send before it is open: a header and an authentication stanza take a
+/// few hundred; a stanza may take [`xml::MAX_STANZA`] only once we know who sends it, or 256
+/// strangers could make us hold 256 MiB.
+pub const MAX_UNOPENED_BYTES: usize = 16 * 1024;
 /// After our `</stream:stream>`, how long we wait for the peer's before closing anyway.
 pub const STREAM_END_WAIT: Duration = Duration::from_secs(2);
 
@@ -52,6 +56,8 @@ pub(super) struct Conn {
     pub(super) authenticated: bool,
     /// Stanzas waiting for the stream to open.
     queue: Vec<Vec<u8>>,
+    /// Bytes received while not open (bounded by [`MAX_UNOPENED_BYTES`]).
+    unopened_bytes: usize,
     /// The remote address, to check legacy peers by.
     remote: Option<SocketAddr>,
     opened: Instant,
@@ -68,6 +74,7 @@ impl Conn {
             our_nonce: nonce,
             authenticated: false,
             queue: Vec::new(),
+            unopened_bytes: 0,
             remote: Some(remote),
             opened: now,
         }
@@ -199,6 +206,16 @@ impl Messages {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if !c.authenticated {
+            c.unopened_bytes += bytes.len();
+            if c.unopened_bytes > MAX_UNOPENED_BYTES {
+                let e = StreamError::PolicyViolation(format!(
+                    "more than {MAX_UNOPENED_BYTES} bytes before the stream opened"
+                ));
+                self.stream_error(conn, e);
+                return;
+            }
+        }
         if let Err(e) = c.parser.feed(bytes) {
             self.stream_error(conn, e);
             return;

@@ -266,3 +266,59 @@ fn idle_connections_are_bounded_per_address_and_closed_after_the_handshake_timeo
         MAX_STREAMS_PER_ADDRESS as u64 + 1
     );
 }
+
+/// A stream that never opens may not make us hold much: past MAX_UNOPENED_BYTES it is closed
+/// and counted; an open one (frank's) sends a stanza far larger.
+#[test]
+fn a_stream_that_never_opens_is_closed_past_a_few_kilobytes_and_an_open_one_is_not() {
+    use super::streams::MAX_UNOPENED_BYTES;
+    let now = Instant::now();
+    let (mut m, mut paths) = alice();
+    let stranger = Messages::ACCEPTED_BASE + 7;
+    m.handle_accepted(now, stranger, "10.0.0.66:40000".parse().unwrap());
+    let header = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='mallory@x' to='alice@vm'>";
+    m.handle_data(now, stranger, header, &mut paths);
+    let (actions, _) = drain(&mut m);
+    assert!(
+        sent_text(&actions).contains("<stream:stream"),
+        "answered, to authenticate next"
+    );
+    // A stanza that never ends, before authenticating.
+    m.handle_data(now, stranger, b"<message><body>", &mut paths);
+    let chunk = [b'x'; 1024];
+    let mut fed = 0;
+    let closed_at = loop {
+        m.handle_data(now, stranger, &chunk, &mut paths);
+        fed += chunk.len();
+        let (actions, _) = drain(&mut m);
+        if actions
+            .iter()
+            .any(|a| matches!(a, Action::Close { conn } if *conn == stranger))
+        {
+            break fed;
+        }
+        assert!(fed < 10 * MAX_UNOPENED_BYTES, "never closed");
+    };
+    assert!(
+        closed_at <= MAX_UNOPENED_BYTES + chunk.len(),
+        "closed after {closed_at} bytes"
+    );
+    assert_eq!(m.stats().dropped[&DropReason::StreamError], 1);
+    // Frank's stream is open: a 100 KiB chat is one message.
+    let conn = Messages::ACCEPTED_BASE;
+    accepted(&mut m, &mut paths, now, conn);
+    let text = "y".repeat(100 * 1024);
+    let chat = format!(
+        "<message to='alice@vm' from='frank@frankhost' type='chat'><body>{text}</body></message>"
+    );
+    for part in chat.as_bytes().chunks(1024) {
+        m.handle_data(now, conn, part, &mut paths);
+    }
+    let (actions, events) = drain(&mut m);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Close { .. })));
+    assert!(
+        matches!(&events[..], [Event::Message { body, .. }] if body.len() == text.len()),
+        "{}",
+        events.len()
+    );
+}
