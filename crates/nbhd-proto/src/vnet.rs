@@ -299,6 +299,10 @@ pub struct Vnet<H: Host> {
     arrivals: HashMap<u64, Arrival>,
     seq: u64,
     links: BTreeMap<(usize, ConnId), Link>,
+    /// Per receiving (host, connection): the last bytes in flight to it, and when they land.
+    /// Writes that land together are read together, as TCP delivers a byte stream: a reader
+    /// sees a stream's opening and the stanzas behind it in one read.
+    in_flight: HashMap<(usize, ConnId), (Instant, u64)>,
     next_accept: Vec<ConnId>,
     /// Every datagram sent, in order.
     pub sent: Vec<Sent>,
@@ -327,6 +331,7 @@ impl<H: Host> Vnet<H> {
             arrivals: HashMap::new(),
             seq: 0,
             links: BTreeMap::new(),
+            in_flight: HashMap::new(),
             next_accept: Vec::new(),
             sent: Vec::new(),
             stream_sent: Vec::new(),
@@ -610,6 +615,17 @@ impl<H: Host> Vnet<H> {
                     }
                     return;
                 }
+                let at = self.now + self.latency;
+                if let Some((when, seq)) = self.in_flight.get(&(to, peer_conn)) {
+                    if *when == at {
+                        if let Some(Arrival::Stream(StreamInput::Data { bytes: b, .. })) =
+                            self.arrivals.get_mut(seq)
+                        {
+                            b.extend_from_slice(&bytes);
+                            return;
+                        }
+                    }
+                }
                 self.schedule(
                     to,
                     self.latency,
@@ -618,6 +634,7 @@ impl<H: Host> Vnet<H> {
                         bytes,
                     }),
                 );
+                self.in_flight.insert((to, peer_conn), (at, self.seq));
             }
             StreamAction::Close { conn } => {
                 if let Some(l) = self.links.remove(&(from, conn)) {

@@ -206,16 +206,6 @@ impl Messages {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if !c.authenticated {
-            c.unopened_bytes += bytes.len();
-            if c.unopened_bytes > MAX_UNOPENED_BYTES {
-                let e = StreamError::PolicyViolation(format!(
-                    "more than {MAX_UNOPENED_BYTES} bytes before the stream opened"
-                ));
-                self.stream_error(conn, e);
-                return;
-            }
-        }
         if let Err(e) = c.parser.feed(bytes) {
             self.stream_error(conn, e);
             return;
@@ -240,6 +230,20 @@ impl Messages {
             }
             if !self.conns.contains_key(&conn) {
                 return;
+            }
+        }
+        // Counted once the bytes are handled: a read that carries the stream's opening (the
+        // authentication proof) and stanzas after it is an open stream's read.
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.authenticated {
+            c.unopened_bytes += bytes.len();
+            if c.unopened_bytes > MAX_UNOPENED_BYTES {
+                let e = StreamError::PolicyViolation(format!(
+                    "more than {MAX_UNOPENED_BYTES} bytes before the stream opened"
+                ));
+                self.stream_error(conn, e);
             }
         }
     }

@@ -183,6 +183,22 @@ fn a_healthy_path_delivers_over_tcp_with_no_courier_frame() {
     }));
 }
 
+/// A first message far larger than a stream's opening allowance, written behind the opening
+/// (the vnet, as TCP, hands both to the reader in one read): the stream is open by then, and
+/// the message goes over it.
+#[test]
+fn a_large_first_message_rides_the_stream_it_opens() {
+    use crate::messages::streams::MAX_UNOPENED_BYTES;
+    let mut net = net(2);
+    let text = "z".repeat(4 * MAX_UNOPENED_BYTES);
+    let m = send(&mut net, 0, 1, &text, Duration::from_secs(10));
+    net.run_for(Duration::from_secs(2));
+    let (_, via, _) = delivered(&net, &m).expect("delivered");
+    assert_eq!(via, Via::Tcp);
+    assert_eq!(shown(&net, 1), vec![text]);
+    assert_eq!(dropped(&net, 1, DropReason::StreamError), 0);
+}
+
 #[test]
 fn the_seed_black_hole_delivers_by_courier_fast_and_once() {
     let mut net = net(3);

@@ -57,12 +57,14 @@ const ANNOUNCE_COUNT: u8 = 2; // RFC 6762 §8.3: at least two
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1); // RFC 6762 §8.3
 const SHARED_DELAY_MS: (u64, u64) = (20, 120); // RFC 6762 §6
 const TC_WAIT_MS: (u64, u64) = (400, 500); // RFC 6762 §7.2
-/// Truncated queries waiting for their known answers on one link, and the known answers one of
-/// them may gather: past the first, a truncated query is answered at once (without the rest of
-/// its known answers: a packet more, not memory); the second bounds what a querier that keeps
-/// sending continuations can make us hold.
+/// Truncated queries waiting for their known answers on one link, the known answers one of
+/// them may gather (bytes on the wire), and how long one may keep waiting however many
+/// continuations come: past the first bound a truncated query is answered at once (RFC 6762
+/// §7.2's wait is a SHOULD; without the rest of its known answers it costs a packet more, not
+/// memory); the others bound what a querier that keeps sending continuations can make us hold.
 const MAX_TC_WAITS: usize = 64;
-const MAX_KNOWN_ANSWERS: usize = 1024;
+const MAX_KNOWN_ANSWER_BYTES: usize = 64 * 1024;
+const MAX_TC_WAIT: Duration = Duration::from_secs(2);
 const RATE_LIMIT: Duration = Duration::from_secs(1); // RFC 6762 §6: once a second per record
 const PROBE_DEFENSE_RATE_LIMIT: Duration = Duration::from_millis(250); // RFC 6762 §6
 const LEGACY_UNICAST_TTL: u32 = 10; // RFC 6762 §6.7
@@ -205,8 +207,12 @@ struct PendingResponse {
 #[derive(Debug)]
 struct TcWait {
     src: SocketAddr,
+    /// When its query came, and when it is answered.
+    started: Instant,
     until: Instant,
     query: Message,
+    /// The known answers' size on the wire.
+    bytes: usize,
 }
 
 #[derive(Debug)]

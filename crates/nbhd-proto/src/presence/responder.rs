@@ -27,12 +27,17 @@ impl Presence {
             if msg.questions.is_empty() {
                 // Bounded: a querier that keeps continuing adds no more past the bound (we
                 // may then answer what it knew; that costs a packet, not memory).
-                let room = MAX_KNOWN_ANSWERS.saturating_sub(w.query.answers.len());
-                w.query.answers.extend(msg.answers.into_iter().take(room));
+                for r in msg.answers {
+                    if w.bytes + r.wire_len() > MAX_KNOWN_ANSWER_BYTES {
+                        break;
+                    }
+                    w.bytes += r.wire_len();
+                    w.query.answers.push(r);
+                }
                 if msg.truncated {
                     let extra =
                         Duration::from_millis(self.rng.gen_range(TC_WAIT_MS.0..=TC_WAIT_MS.1));
-                    w.until = now + extra;
+                    w.until = (now + extra).min(w.started + MAX_TC_WAIT);
                 } else {
                     w.until = now;
                 }
@@ -46,10 +51,13 @@ impl Presence {
                 .links
                 .get_mut(&iface)
                 .expect("checked by handle_packet");
+            let bytes = msg.answers.iter().map(Record::wire_len).sum();
             link.tc_waits.push(TcWait {
                 src,
+                started: now,
                 until,
                 query: msg,
+                bytes,
             });
             return;
         }

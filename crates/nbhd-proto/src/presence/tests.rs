@@ -336,6 +336,44 @@ fn known_answers_continued_in_truncated_packets_suppress_too() {
     );
 }
 
+/// A querier that never stops continuing its known answers (TC on every packet) is answered
+/// anyway, within MAX_TC_WAIT of its query, and what it sends past the byte bound is not kept.
+#[test]
+fn a_query_whose_continuations_never_end_is_answered_within_two_seconds() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let since = lan.now();
+    let mut first = ptr_query();
+    first.truncated = true;
+    lan.inject(0, other(), &first);
+    // Continuations, each with TC and 20 unrelated records of 1 KiB, every 100 ms for 5 s.
+    let answered = loop {
+        let mut more = Message::query();
+        more.truncated = true;
+        for k in 0..20 {
+            more.answers.push(Record::new(
+                Name::dotted(&format!("junk{k}.local")),
+                120,
+                RecordData::Txt(vec![vec![b'j'; 1000]]),
+            ));
+        }
+        lan.inject(0, other(), &more);
+        lan.run_for(Duration::from_millis(100));
+        if let Some((t, _, _)) = lan
+            .log()
+            .into_iter()
+            .find(|(t, f, m)| *f == 0 && *t >= since && m.response)
+        {
+            break Some(t - since);
+        }
+        if lan.now() - since > Duration::from_secs(5) {
+            break None;
+        }
+    };
+    let answered = answered.expect("answered while the continuations went on");
+    assert!(answered <= super::MAX_TC_WAIT, "{answered:?}");
+}
+
 #[test]
 fn a_long_known_answer_list_is_split_with_tc() {
     let mut lan = Lan::new(vec![config("a", 0, None)]);
