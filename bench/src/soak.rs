@@ -128,7 +128,8 @@ fn sees_all(hosts: &[Host], i: usize) -> bool {
         .all(|j| nicks.contains(&nick(j)))
 }
 
-fn rss_mb(pid: u32) -> f64 {
+/// A process's resident memory, in MB (0 when it is gone).
+pub fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

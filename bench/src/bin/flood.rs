@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nbhd_bench::nbhd_bin;
+use nbhd_bench::{nbhd_bin, soak};
 use nbhd_daemon::contract::Request;
 use nbhd_daemon::control::Client;
 use nbhd_daemon::DataDir;
@@ -71,7 +71,7 @@ fn flood(args: &[String]) {
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let bytes = match &keys {
-                        None => announcement(sent, src),
+                        None => soak::forged_announcement(sent, src),
                         Some((from, to)) => courier_frame(from, to, rng),
                     };
                     if s.send_to(&bytes, (group, port)).is_ok() {
@@ -100,40 +100,6 @@ fn flood(args: &[String]) {
     }
     println!("{sent}");
     let _ = std::io::stdout().flush();
-}
-
-/// A forged response announcing a new instance `fake{k}@prank` (PTR, SRV, TXT, A), by hand.
-fn announcement(k: u64, ip: Ipv4Addr) -> Vec<u8> {
-    let mut m = vec![0, 0, 0x84, 0, 0, 0, 0, 4, 0, 0, 0, 0];
-    let name = |m: &mut Vec<u8>, labels: &[&str]| {
-        for l in labels {
-            m.push(l.len() as u8);
-            m.extend_from_slice(l.as_bytes());
-        }
-        m.push(0);
-    };
-    let inst = format!("fake{k}@prank");
-    let host = format!("fake{k}");
-    let rr = |m: &mut Vec<u8>, rtype: u16, ttl: u32, data: &[u8]| {
-        m.extend_from_slice(&rtype.to_be_bytes());
-        m.extend_from_slice(&1u16.to_be_bytes());
-        m.extend_from_slice(&ttl.to_be_bytes());
-        m.extend_from_slice(&(data.len() as u16).to_be_bytes());
-        m.extend_from_slice(data);
-    };
-    let mut ptr = Vec::new();
-    name(&mut ptr, &[&inst, "_presence", "_tcp", "local"]);
-    name(&mut m, &["_presence", "_tcp", "local"]);
-    rr(&mut m, 12, 4500, &ptr);
-    let mut srv = vec![0, 0, 0, 0, 0x14, 0xb2];
-    name(&mut srv, &[&host, "local"]);
-    name(&mut m, &[&inst, "_presence", "_tcp", "local"]);
-    rr(&mut m, 33, 120, &srv);
-    name(&mut m, &[&inst, "_presence", "_tcp", "local"]);
-    rr(&mut m, 16, 4500, b"\x09txtvers=1");
-    name(&mut m, &[&host, "local"]);
-    rr(&mut m, 1, 120, &ip.octets());
-    m
 }
 
 /// A peer id (base64url of its key) as the key's bytes.
@@ -232,18 +198,6 @@ impl Bench {
     }
 }
 
-/// A process's resident memory, in kB.
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 fn pct(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -297,7 +251,7 @@ fn watch(dir: DataDir, pids: Vec<u32>, busy: &AtomicBool) -> Watched {
         s.spawn(|| {
             while busy.load(Ordering::SeqCst) {
                 for (i, pid) in pids.iter().enumerate() {
-                    rss.lock().unwrap()[i].push(rss_kb(*pid) as f64 / 1024.0);
+                    rss.lock().unwrap()[i].push(soak::rss_mb(*pid));
                     let n = fds(*pid);
                     let mut m = most_fds.lock().unwrap();
                     m[i] = m[i].max(n);
