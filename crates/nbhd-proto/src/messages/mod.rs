@@ -19,7 +19,7 @@ pub mod streams;
 pub mod xml;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -121,7 +121,11 @@ pub struct PeerInfo {
     pub id: String,
     pub key: [u8; 32],
     pub instance: String,
+    /// Where we connect to it (its first address, its port) ...
     pub addr: SocketAddr,
+    /// ... and every address it announced: a legacy peer is known by its source address, and
+    /// a host with several (Wi-Fi and Ethernet, a second address) may connect from any.
+    pub addrs: Vec<IpAddr>,
     /// A plain XEP-0174 client (no `nbhd=1`): no stream authentication (its source address is
     /// checked instead), no courier, no relay, and no receipts to count on.
     pub legacy: bool,

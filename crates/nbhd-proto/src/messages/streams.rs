@@ -281,7 +281,7 @@ impl Messages {
             .find(|p| p.legacy && p.instance == from)
             .cloned();
         match legacy {
-            Some(p) if remote.is_some_and(|r| r.ip() == p.addr.ip()) => {
+            Some(p) if remote.is_some_and(|r| p.addrs.contains(&r.ip())) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.peer = Some(p.id.clone());
                     c.header_sent = true;

@@ -2,7 +2,7 @@
 //! (libpurple's Bonjour protocol) behaves on the wire. Everything between nbhd peers is tested
 //! on whole Nodes (`node/tests.rs`), where presence and paths are real.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::delivery::LEGACY_RETRY;
@@ -21,6 +21,11 @@ fn frank_addr() -> SocketAddr {
     "10.0.0.2:5298".parse().unwrap()
 }
 
+/// Frank's host has a second address (Ethernet beside Wi-Fi), announced too.
+fn frank_second_addr() -> IpAddr {
+    "10.0.1.2".parse().unwrap()
+}
+
 fn alice() -> (Messages, Paths) {
     let me = Identity::from_secret([1; 32]);
     let mut m = Messages::new(me.clone(), "alice@vm", 1);
@@ -29,6 +34,7 @@ fn alice() -> (Messages, Paths) {
         key: [0; 32],
         instance: FRANK.into(),
         addr: frank_addr(),
+        addrs: vec![frank_addr().ip(), frank_second_addr()],
         legacy: true,
     });
     (m, Paths::new(me, 2))
@@ -321,4 +327,28 @@ fn a_stream_that_never_opens_is_closed_past_a_few_kilobytes_and_an_open_one_is_n
         "{}",
         events.len()
     );
+}
+
+/// A legacy peer connecting from its second announced address is frank, not a stranger; from
+/// an address it never announced, it is refused.
+#[test]
+fn a_legacy_peer_may_connect_from_any_address_it_announced() {
+    let now = Instant::now();
+    let (mut m, mut paths) = alice();
+    let conn = Messages::ACCEPTED_BASE;
+    m.handle_accepted(now, conn, SocketAddr::new(frank_second_addr(), 40575));
+    m.handle_data(now, conn, HEADER, &mut paths);
+    m.handle_data(now, conn, CHAT, &mut paths);
+    let (_, events) = drain(&mut m);
+    assert!(
+        matches!(&events[..], [Event::Message { from, .. }] if from == FRANK),
+        "{events:?}"
+    );
+    let other = Messages::ACCEPTED_BASE + 1;
+    m.handle_accepted(now, other, "10.0.0.99:40576".parse().unwrap());
+    m.handle_data(now, other, HEADER, &mut paths);
+    let (actions, _) = drain(&mut m);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Close { conn } if *conn == other)));
 }

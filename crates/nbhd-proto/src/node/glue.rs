@@ -298,6 +298,7 @@ impl Node {
             key,
             instance: p.instance.clone(),
             addr: SocketAddr::new(*ip, p.port),
+            addrs: p.addrs.clone(),
             legacy: p.legacy,
         });
         if !p.legacy {
