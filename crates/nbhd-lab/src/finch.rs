@@ -39,7 +39,8 @@ pub struct Finch {
 
 impl Finch {
     /// Starts avahi-daemon (on a private system bus) and finch on host `i`, with a Bonjour
-    /// account `user@<host name>` whose person is `first last`, enabled at start.
+    /// account `user@<host name>` whose person is `first last`, enabled from finch's Accounts
+    /// window.
     pub fn start(
         lab: &mut Lab,
         i: usize,
@@ -90,9 +91,8 @@ impl Finch {
                 "<?xml version='1.0' encoding='UTF-8' ?>\n<account version='1.0'>\n <account>\n  \
                  <protocol>prpl-bonjour</protocol>\n  <name>{account}</name>\n  <settings>\n   \
                  <setting name='first' type='string'>{first}</setting>\n   \
-                 <setting name='last' type='string'>{last}</setting>\n  </settings>\n  \
-                 <settings ui='gnt-purple'>\n   <setting name='auto-login' type='bool'>1</setting>\n  \
-                 </settings>\n </account>\n</account>\n"
+                 <setting name='last' type='string'>{last}</setting>\n  </settings>\n \
+                 </account>\n</account>\n"
             ),
         )?;
         // Conversations logged as plain text: what the person was shown, line by line.
@@ -188,6 +188,16 @@ impl Finch {
                 )));
             }
         }
+        // The account is not enabled yet, so finch shows its Accounts window: enable the
+        // account there as a person would (its check box, Space), then close the window.
+        if !finch.focus("Accounts") {
+            return Err(io::Error::other(format!(
+                "finch shows no Accounts window: {}",
+                finch.screen()
+            )));
+        }
+        finch.keys(&["Space"]);
+        finch.keys(&["M-c"]);
         Ok(finch)
     }
 
