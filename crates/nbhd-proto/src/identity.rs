@@ -44,6 +44,13 @@ impl Identity {
         self.key.sign(msg)
     }
 
+    /// This identity's secret in X25519 form (the ed25519 secret scalar's bytes, clamped by
+    /// X25519 itself): the static key of our Noise handshakes, whose public half is
+    /// [`montgomery`] of our public key.
+    pub fn x25519_secret(&self) -> [u8; 32] {
+        self.key.to_scalar_bytes()
+    }
+
     /// X25519 agreement with a Montgomery point, using this identity's key in its X25519 form
     /// (the clamped ed25519 secret scalar; see eprint 2021/509 on using one key for both).
     pub fn agree(&self, point: &[u8; 32]) -> [u8; 32] {

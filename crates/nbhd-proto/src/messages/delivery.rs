@@ -446,10 +446,7 @@ impl Messages {
         let receipt =
             Stanza::Receipt { of: id.to_string() }.to_element(&self.my_instance, &info.instance);
         match route {
-            ReceiptRoute::Stream(conn) => self.actions.push_back(Action::Send {
-                conn: *conn,
-                bytes: receipt.to_stanza_bytes(),
-            }),
+            ReceiptRoute::Stream(conn) => self.send_stanzas(*conn, receipt.to_stanza_bytes()),
             // Back the way it came: through the relay.
             ReceiptRoute::Relay(relay) => self.relay_via(now, relay, peer, &receipt),
             ReceiptRoute::Courier => {

@@ -3,8 +3,10 @@
 //!
 //! - [`xml`]: the XEP-0174 stream codec (bytes, however cut, into header, stanzas, end).
 //! - [`stanza`]: the chat, receipt and signed invitation stanzas.
-//! - [`streams`]: the streams themselves: opening, the authentication right after the header
-//!   (each side signs the other's fresh nonce), legacy XEP-0174 peers' plain streams, ends.
+//! - [`streams`]: the streams themselves: opening, the secure channel right after the header,
+//!   legacy XEP-0174 peers' plain streams, ends.
+//! - [`noise`]: that secure channel: a Noise XX handshake bound to both identities and both
+//!   roles, then every stanza encrypted.
 //! - [`delivery`]: deliveries raced over TCP, the courier and a relay as [`crate::paths::Paths::plan`] says,
 //!   receipts bound to (stanza id, sender, recipient), deduplication, and what is received
 //!   becoming a store write that must be confirmed before its receipt goes out.
@@ -14,6 +16,7 @@
 //! out with [`Messages::poll_write`].
 
 pub mod delivery;
+pub mod noise;
 pub mod stanza;
 pub mod streams;
 pub mod xml;
@@ -22,8 +25,8 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::rngs::StdRng;
+use rand::Rng;
 
 use crate::drops::DropReason;
 use crate::identity::Identity;
@@ -153,7 +156,9 @@ pub struct Messages {
     writes: VecDeque<(u64, Received)>,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
-    rng: SmallRng,
+    /// A CSPRNG seeded by the driver from the OS: stanza ids and the handshakes' ephemeral keys
+    /// must be unpredictable to others.
+    rng: StdRng,
     stats: Stats,
 }
 
@@ -193,7 +198,7 @@ impl Messages {
     /// Accepted connections are numbered by the driver from this value up, ours below it.
     pub const ACCEPTED_BASE: ConnId = 1 << 40;
 
-    pub fn new(me: Identity, my_instance: &str, seed: u64) -> Messages {
+    pub fn new(me: Identity, my_instance: &str, rng: StdRng) -> Messages {
         Messages {
             me,
             my_instance: my_instance.to_string(),
@@ -208,7 +213,7 @@ impl Messages {
             writes: VecDeque::new(),
             actions: VecDeque::new(),
             events: VecDeque::new(),
-            rng: SmallRng::seed_from_u64(seed),
+            rng,
             stats: Stats::default(),
         }
     }
@@ -278,5 +283,7 @@ impl Messages {
     }
 }
 
+#[cfg(test)]
+mod secure_tests;
 #[cfg(test)]
 mod tests;

@@ -1,30 +1,27 @@
 //! XEP-0174 streams: opening them (one of ours per nbhd peer, one per legacy peer whoever opened
-//! it), the authentication right after the header, the legacy peers' plain streams, stream
+//! it), the secure channel right after the header, the legacy peers' plain streams, stream
 //! errors, and ends (RFC 6120 §4.4: `</stream:stream>` answered in kind, the close after).
 //!
-//! Between nbhd peers, each side sends a fresh nonce with its key; each signs the other's nonce
-//! with both keys under [`AUTH_DOMAIN`], and stanzas count only once the peer's proof verifies
-//! against the key its presence announced, so a forged `from` is caught. A legacy peer is known
-//! by the instance it claims and the address it connects from (DESIGN.md §4.2).
+//! Between nbhd peers, a Noise XX handshake ([`super::noise`]) follows the stream header, and
+//! stanzas flow only inside it, encrypted, once the peer proved the key its presence announced
+//! (ours when we connected to it; a known peer's when it connected to us). Nothing in clear is
+//! taken from such a stream, so no reflection, relay or injection gives anyone a stream in
+//! someone else's name. A legacy peer is known by the instance it claims and the address it
+//! connects from (DESIGN.md §4.2), and its stream stays plain.
 //!
 //! What arrives on a stream is handed to [`super::delivery`]; nothing here decides a path.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use rand::Rng;
 
 use super::delivery::NS_RELAY;
+use super::noise::{SecureChannel, Step, NS_NOISE};
 use super::xml::{self, Element, StreamError, StreamEvent, StreamParser};
 use super::{Action, ConnId, Messages, PeerInfo};
 use crate::drops::DropReason;
-use crate::identity::{self, Signature};
 use crate::paths::{Paths, Via};
-
-pub const NS_AUTH: &str = "urn:nbhd:auth:0";
-pub const AUTH_DOMAIN: &[u8] = b"nbhd stream auth v0\0";
 /// A connect that has not completed by then is a failure (the kernel would wait ~127 s).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A stream whose sent data stays unacknowledged this long fails (the driver sets it as the
@@ -52,7 +49,9 @@ pub(super) struct Conn {
     /// We sent `</stream:stream>` at this time and wait for the peer's (RFC 6120 §4.4).
     ending: Option<Instant>,
     pub(super) outgoing: bool,
-    our_nonce: [u8; 16],
+    /// Between nbhd peers: the Noise channel, from the header on.
+    secure: Option<SecureChannel>,
+    /// Open: the secure channel's handshake ended, or a legacy peer's header came.
     pub(super) authenticated: bool,
     /// Stanzas waiting for the stream to open.
     queue: Vec<Vec<u8>>,
@@ -64,14 +63,14 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    fn new(now: Instant, outgoing: bool, nonce: [u8; 16], remote: SocketAddr) -> Conn {
+    fn new(now: Instant, outgoing: bool, remote: SocketAddr) -> Conn {
         Conn {
             peer: None,
             parser: StreamParser::new(),
             header_sent: false,
             ending: None,
             outgoing,
-            our_nonce: nonce,
+            secure: None,
             authenticated: false,
             queue: Vec::new(),
             unopened_bytes: 0,
@@ -108,7 +107,7 @@ impl Messages {
             .map(|(id, _)| *id);
         match (open, pending) {
             (Some(conn), _) => {
-                self.actions.push_back(Action::Send { conn, bytes });
+                self.send_stanzas(conn, bytes);
                 (conn, true)
             }
             (None, Some(conn)) => {
@@ -120,7 +119,7 @@ impl Messages {
             (None, None) => {
                 let conn = self.next_conn;
                 self.next_conn += 1;
-                let mut c = Conn::new(now, true, self.rng.gen(), info.addr);
+                let mut c = Conn::new(now, true, info.addr);
                 c.peer = Some(info.id.clone());
                 c.queue.push(bytes);
                 self.conns.insert(conn, c);
@@ -133,23 +132,57 @@ impl Messages {
         }
     }
 
-    /// The driver's connect completed: our header (and, to an nbhd peer, our nonce).
+    /// The driver's connect completed: our header (and, to an nbhd peer, the handshake's
+    /// first message).
     pub fn handle_connected(&mut self, _now: Instant, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(peer) = self
+            .conns
+            .get(&conn)
+            .map(|c| c.peer.clone().unwrap_or_default())
+        else {
             // We gave up on it (a timeout, a newer legacy stream) before it connected.
             self.actions.push_back(Action::Close { conn });
             return;
         };
-        c.header_sent = true;
-        let peer = c.peer.clone().unwrap_or_default();
-        let nonce = c.our_nonce;
         let info = self.peers.get(&peer);
         let to = info.map(|p| p.instance.clone()).unwrap_or_default();
         let legacy = info.is_some_and(|p| p.legacy);
         let mut bytes = xml::stream_header(&self.my_instance, &to);
+        let mut secure = None;
         if !legacy {
-            bytes.extend(self.auth_element(&nonce).to_stanza_bytes());
+            let seed = self.rng.gen();
+            match SecureChannel::initiator(&self.me, &self.my_instance, &to, seed) {
+                Ok((channel, first)) => {
+                    bytes.extend(first);
+                    secure = Some(channel);
+                }
+                Err(e) => {
+                    self.stream_error(conn, StreamError::PolicyViolation(e.to_string()));
+                    return;
+                }
+            }
         }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.header_sent = true;
+            c.secure = secure;
+        }
+        self.actions.push_back(Action::Send { conn, bytes });
+    }
+
+    /// Stanza bytes onto an open stream: inside the secure channel between nbhd peers, as
+    /// they are to a legacy peer.
+    pub(super) fn send_stanzas(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let bytes = match &mut c.secure {
+            Some(channel) => match channel.seal(&bytes) {
+                Some(sealed) => sealed,
+                // Not open yet: nothing of ours goes out in clear on an nbhd stream.
+                None => return c.queue.push(bytes),
+            },
+            None => bytes,
+        };
         self.actions.push_back(Action::Send { conn, bytes });
     }
 
@@ -170,15 +203,7 @@ impl Messages {
                 ),
             );
         }
-        let nonce = self.rng.gen();
-        self.conns
-            .insert(conn, Conn::new(now, false, nonce, remote));
-    }
-
-    fn auth_element(&self, nonce: &[u8; 16]) -> Element {
-        Element::new(NS_AUTH, "auth")
-            .attr("key", &URL_SAFE_NO_PAD.encode(self.me.public()))
-            .attr("nonce", &URL_SAFE_NO_PAD.encode(nonce))
+        self.conns.insert(conn, Conn::new(now, false, remote));
     }
 
     /// A connect failed or timed out, or an established stream broke or ended.
@@ -265,7 +290,7 @@ impl Messages {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let (outgoing, remote, nonce, peer) = (c.outgoing, c.remote, c.our_nonce, c.peer.clone());
+        let (outgoing, remote, peer) = (c.outgoing, c.remote, c.peer.clone());
         if outgoing {
             // A legacy peer's answering header opens the stream: no authentication to wait for.
             let peer = peer.unwrap_or_default();
@@ -297,12 +322,25 @@ impl Messages {
                 StreamError::PolicyViolation(format!("{from} does not connect from its address")),
             ),
             None => {
-                // An nbhd peer (or a stranger): our header and nonce, then authentication.
+                // An nbhd peer (or a stranger): our header, then the handshake it starts, bound
+                // to its header's names.
+                let to = attrs
+                    .iter()
+                    .find(|(k, _)| k == "to")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                let seed = self.rng.gen();
+                let channel = match SecureChannel::responder(&self.me, &from, to, seed) {
+                    Ok(channel) => channel,
+                    Err(e) => {
+                        return self.stream_error(conn, StreamError::PolicyViolation(e.to_string()))
+                    }
+                };
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.header_sent = true;
+                    c.secure = Some(channel);
                 }
-                let mut out = xml::stream_header(&self.my_instance, &from);
-                out.extend(self.auth_element(&nonce).to_stanza_bytes());
+                let out = xml::stream_header(&self.my_instance, &from);
                 self.actions.push_back(Action::Send { conn, bytes: out });
             }
         }
@@ -319,7 +357,7 @@ impl Messages {
         let rtt = c.outgoing.then(|| now.saturating_duration_since(c.opened));
         paths.on_tcp_ok(now, peer, rtt);
         for bytes in queued {
-            self.actions.push_back(Action::Send { conn, bytes });
+            self.send_stanzas(conn, bytes);
         }
     }
 
@@ -339,7 +377,7 @@ impl Messages {
                 .map(|c| std::mem::take(&mut c.queue))
                 .unwrap_or_default();
             for bytes in queued {
-                self.actions.push_back(Action::Send { conn, bytes });
+                self.send_stanzas(conn, bytes);
             }
             self.move_deliveries(old, conn);
             self.end_stream(now, old);
@@ -388,13 +426,17 @@ impl Messages {
         !self.conns.is_empty()
     }
 
-    /// Sends an RFC 6120 stream error and closes; counted and reported as a drop.
-    pub(super) fn stream_error(&mut self, conn: ConnId, e: StreamError) {
-        let from = self
-            .conns
+    /// Who is at the other end of `conn`, for the log: its peer id, else its address.
+    fn conn_name(&self, conn: ConnId) -> String {
+        self.conns
             .get(&conn)
             .and_then(|c| c.peer.clone().or_else(|| c.remote.map(|r| r.to_string())))
-            .unwrap_or_else(|| "unknown peer".into());
+            .unwrap_or_else(|| "unknown peer".into())
+    }
+
+    /// Sends an RFC 6120 stream error and closes; counted and reported as a drop.
+    pub(super) fn stream_error(&mut self, conn: ConnId, e: StreamError) {
+        let from = self.conn_name(conn);
         self.drop_input(&from, DropReason::StreamError, e.to_string());
         self.actions.push_back(Action::Send {
             conn,
@@ -405,10 +447,117 @@ impl Messages {
     }
 
     fn on_stream_stanza(&mut self, now: Instant, conn: ConnId, e: Element, paths: &mut Paths) {
-        if e.ns == NS_AUTH {
-            self.on_auth(now, conn, e, paths);
-            return;
+        let secure = self.conns.get(&conn).is_some_and(|c| c.secure.is_some());
+        if !secure {
+            return self.on_open_stanza(now, conn, e, paths);
         }
+        match (e.ns.as_str(), e.name.as_str()) {
+            (NS_NOISE, "handshake") => self.on_handshake(now, conn, &e, paths),
+            (NS_NOISE, "c") => self.on_sealed(now, conn, &e, paths),
+            // The peer's stream error (ours to it failed its checks): its end follows.
+            (xml::NS_STREAMS, "error") => {
+                let from = self.conn_name(conn);
+                let condition = e.children.iter().find_map(|c| match c {
+                    xml::Node::Element(c) => Some(c.name.clone()),
+                    _ => None,
+                });
+                self.drop_input(
+                    &from,
+                    DropReason::StreamError,
+                    format!(
+                        "the peer sent a stream error: {}",
+                        condition.unwrap_or_default()
+                    ),
+                );
+            }
+            (ns, name) => self.stream_error(
+                conn,
+                StreamError::PolicyViolation(format!(
+                    "{{{ns}}}{name} in clear on an nbhd stream: only the secure channel's elements"
+                )),
+            ),
+        }
+    }
+
+    /// A handshake message: answered, and once the peer proved its key, the stream is open
+    /// if that key is the one we meant (our connect) or a peer's presence announced (theirs).
+    fn on_handshake(&mut self, now: Instant, conn: ConnId, e: &Element, paths: &mut Paths) {
+        let Some(channel) = self.conns.get_mut(&conn).and_then(|c| c.secure.as_mut()) else {
+            return;
+        };
+        let step = match channel.on_handshake(e) {
+            Ok(step) => step,
+            Err(err) => {
+                return self.stream_error(conn, StreamError::PolicyViolation(err.to_string()))
+            }
+        };
+        let (peer_key, reply) = match step {
+            Step::Reply(bytes) => {
+                return self.actions.push_back(Action::Send { conn, bytes });
+            }
+            Step::Done { peer_key, reply } => (peer_key, reply),
+        };
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let (outgoing, meant) = (c.outgoing, c.peer.clone());
+        let peer = if outgoing {
+            // The peer we connected to, and no other, whoever answers at its address.
+            meant.filter(|p| self.peers.get(p).is_some_and(|i| i.key == peer_key))
+        } else {
+            self.peer_by_key(&peer_key).map(|p| p.id.clone())
+        };
+        let Some(peer) = peer else {
+            let why = if outgoing {
+                "the key proven is not the one its presence announced"
+            } else {
+                "a key no presence announced"
+            };
+            return self.stream_error(conn, StreamError::PolicyViolation(why.into()));
+        };
+        if let Some(bytes) = reply {
+            self.actions.push_back(Action::Send { conn, bytes });
+        }
+        if outgoing {
+            self.open_stream(now, conn, &peer, paths);
+        } else if let Some(c) = self.conns.get_mut(&conn) {
+            // Their handshake: evidence for them, not for our direction of unicast.
+            c.peer = Some(peer);
+            c.authenticated = true;
+        }
+    }
+
+    /// Encrypted stanzas: what they complete is handled as any open stream's stanzas.
+    fn on_sealed(&mut self, now: Instant, conn: ConnId, e: &Element, paths: &mut Paths) {
+        let Some(channel) = self.conns.get_mut(&conn).and_then(|c| c.secure.as_mut()) else {
+            return;
+        };
+        let events = match channel.open(e) {
+            Ok(events) => events,
+            Err(err) => {
+                return self.stream_error(conn, StreamError::PolicyViolation(err.to_string()))
+            }
+        };
+        for ev in events {
+            match ev {
+                StreamEvent::Stanza(s) => self.on_open_stanza(now, conn, s, paths),
+                StreamEvent::End => {
+                    self.end_stream(now, conn);
+                    if self.conns.remove(&conn).is_some() {
+                        self.actions.push_back(Action::Close { conn });
+                    }
+                }
+                StreamEvent::Header(_) => {}
+            }
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
+        }
+    }
+
+    /// A stanza on an open stream: a legacy peer's in clear, or an nbhd peer's out of the
+    /// secure channel.
+    fn on_open_stanza(&mut self, now: Instant, conn: ConnId, e: Element, paths: &mut Paths) {
         let peer = self
             .conns
             .get(&conn)
@@ -436,97 +585,6 @@ impl Messages {
             }
         }
         self.on_stanza(now, &peer, e, Via::Tcp, Some(conn), None, paths);
-    }
-
-    fn on_auth(&mut self, now: Instant, conn: ConnId, e: Element, paths: &mut Paths) {
-        match e.name.as_str() {
-            "auth" => {
-                let key = e
-                    .get_attr("key")
-                    .and_then(|k| URL_SAFE_NO_PAD.decode(k).ok())
-                    .and_then(|k| <[u8; 32]>::try_from(k).ok());
-                let nonce = e
-                    .get_attr("nonce")
-                    .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok());
-                let (Some(key), Some(nonce)) = (key, nonce) else {
-                    self.stream_error(conn, StreamError::NotWellFormed("bad auth element".into()));
-                    return;
-                };
-                // The key must be one presence announced; for our own connects, the one we meant.
-                let Some(peer) = self.peer_by_key(&key).map(|p| p.id.clone()) else {
-                    self.stream_error(conn, StreamError::PolicyViolation("unknown key".into()));
-                    return;
-                };
-                let Some(c) = self.conns.get_mut(&conn) else {
-                    return;
-                };
-                if c.peer.as_ref().is_some_and(|p| *p != peer) {
-                    self.stream_error(
-                        conn,
-                        StreamError::PolicyViolation("key of another peer".into()),
-                    );
-                    return;
-                }
-                c.peer = Some(peer);
-                let mut msg = AUTH_DOMAIN.to_vec();
-                msg.extend_from_slice(&nonce);
-                msg.extend_from_slice(&key);
-                msg.extend_from_slice(&self.me.public());
-                let sig = URL_SAFE_NO_PAD.encode(self.me.sign(&msg).to_bytes());
-                let proof = Element::new(NS_AUTH, "proof").attr("sig", &sig);
-                self.actions.push_back(Action::Send {
-                    conn,
-                    bytes: proof.to_stanza_bytes(),
-                });
-            }
-            "proof" => {
-                let Some((peer, our_nonce)) = self
-                    .conns
-                    .get(&conn)
-                    .and_then(|c| c.peer.clone().map(|p| (p, c.our_nonce)))
-                else {
-                    self.stream_error(
-                        conn,
-                        StreamError::PolicyViolation("proof before auth".into()),
-                    );
-                    return;
-                };
-                let Some(key) = self.peers.get(&peer).map(|p| p.key) else {
-                    self.stream_error(
-                        conn,
-                        StreamError::PolicyViolation("the peer went away".into()),
-                    );
-                    return;
-                };
-                let mut msg = AUTH_DOMAIN.to_vec();
-                msg.extend_from_slice(&our_nonce);
-                msg.extend_from_slice(&self.me.public());
-                msg.extend_from_slice(&key);
-                let ok = e
-                    .get_attr("sig")
-                    .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
-                    .and_then(|s| Signature::from_slice(&s).ok())
-                    .is_some_and(|sig| identity::verify_key(&key, &msg, &sig));
-                if !ok {
-                    self.stream_error(
-                        conn,
-                        StreamError::PolicyViolation("authentication failed".into()),
-                    );
-                    return;
-                }
-                let outgoing = self.conns.get(&conn).is_some_and(|c| c.outgoing);
-                if outgoing {
-                    self.open_stream(now, conn, &peer, paths);
-                } else if let Some(c) = self.conns.get_mut(&conn) {
-                    // Their handshake: evidence for them, not for our direction of unicast.
-                    c.authenticated = true;
-                }
-            }
-            other => self.stream_error(
-                conn,
-                StreamError::PolicyViolation(format!("unknown {NS_AUTH} element {other:?}")),
-            ),
-        }
     }
 
     /// Streams whose connect hangs are failures; ends the peer never answered are closed.

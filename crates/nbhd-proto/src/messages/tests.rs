@@ -28,7 +28,7 @@ fn frank_second_addr() -> IpAddr {
 
 fn alice() -> (Messages, Paths) {
     let me = Identity::from_secret([1; 32]);
-    let mut m = Messages::new(me.clone(), "alice@vm", 1);
+    let mut m = Messages::new(me.clone(), "alice@vm", rand::SeedableRng::seed_from_u64(1));
     m.set_peer(PeerInfo {
         id: FRANK.into(),
         key: [0; 32],

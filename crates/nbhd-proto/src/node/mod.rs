@@ -477,7 +477,11 @@ impl Node {
             },
             now,
         );
-        let mut messages = Messages::new(me.clone(), presence.instance(), config.seed ^ 0x6d73);
+        let mut messages = Messages::new(
+            me.clone(),
+            presence.instance(),
+            secret_rng(&config.entropy, b"messages"),
+        );
         for (sender, id) in &restored.seen {
             messages.mark_seen(sender, id);
         }

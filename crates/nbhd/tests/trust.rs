@@ -1,0 +1,89 @@
+//! Issue 15's attacks by a host on the link, run as an attacker would: real daemons in network
+//! namespaces (nbhd-lab), and the attacker a separate program speaking raw bytes
+//! (`support/stream_attack.py`), not our own engine. Root only; they skip with a message
+//! elsewhere. Names start with `netns_` so nextest runs them in one serial group.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nbhd_lab::{skip_unless_root, wait_for, Lab};
+use serde_json::Value;
+
+/// Alice's messages whose text carries `marker`.
+fn stored_with(lab: &Lab, marker: &str) -> Vec<Value> {
+    let (_, v) = nbhd_json(lab, 0, &["messages"]);
+    v.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m["text"].as_str().is_some_and(|t| t.contains(marker)))
+        .collect()
+}
+
+/// Host `i`'s row for the peer called `nick`, once it lists it.
+fn listed(lab: &Lab, i: usize, nick: &str) -> Value {
+    let row = || peers(lab, i).into_iter().find(|p| p["nick"] == nick);
+    wait_for(Duration::from_secs(20), || row().is_some())
+        .unwrap_or_else(|| panic!("h{} does not list {nick}", i + 1));
+    row().expect("listed")
+}
+
+#[test]
+fn netns_a_host_with_no_key_cannot_chat_as_bob_on_alice_stream() {
+    if skip_unless_root("netns_a_host_with_no_key_cannot_chat_as_bob_on_alice_stream") {
+        return;
+    }
+    let mut lab = Lab::new(3).expect("lab");
+    start(&mut lab, 0, "alice", &[]);
+    start(&mut lab, 1, "bob", &[]);
+    let bob = listed(&lab, 0, "bob");
+    let alice = listed(&lab, 1, "alice");
+    let port = |row: &Value| row["port"].as_u64().expect("port").to_string();
+    let text = |row: &Value, k: &str| row[k].as_str().expect(k).to_string();
+
+    let marker = "FORGED-AS-BOB";
+    let log = lab.dir.join("attack.log");
+    let (alice_ip, bob_ip) = (lab.host(0).ip.to_string(), lab.host(1).ip.to_string());
+    let args = [
+        "python3".to_string(),
+        support("stream_attack.py"),
+        alice_ip,
+        port(&alice),
+        text(&alice, "instance"),
+        text(&alice, "id"),
+        bob_ip,
+        port(&bob),
+        text(&bob, "instance"),
+        text(&bob, "id"),
+        marker.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(2, &args, &log).expect("attacker");
+    wait_for(Duration::from_secs(60), || read(&log).contains("done"))
+        .unwrap_or_else(|| panic!("the attacker did not finish: {}", read(&log)));
+    eprintln!("attacker's log:\n{}", read(&log));
+    // The attacker reached alice's listener every time (or this test would prove nothing) ...
+    assert!(
+        read(&log).contains("in clear: alice answered: b\"<?xml"),
+        "{}",
+        read(&log)
+    );
+    // ... and nothing it sent was stored as bob's, or as anyone's.
+    let forged = stored_with(&lab, marker);
+    assert!(forged.is_empty(), "alice stored forged chats: {forged:?}");
+    let stats = nbhd_json(&lab, 0, &["stats"]).1;
+    let refused = stats["messages"]["dropped"]["stream-error"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(refused >= 2, "alice refused no stream: {stats}");
+    eprintln!("FIGURE alice closed {refused} of the attacker's streams with a stream error");
+
+    // Bob himself still gets through, over TCP, and alice stores it as his.
+    let (code, v) = nbhd_json(&lab, 1, &["send", "alice", "really bob", "--timeout", "10"]);
+    assert_eq!((code, v["via"].as_str()), (Some(0), Some("tcp")), "{v}");
+    let genuine = stored_with(&lab, "really bob");
+    assert_eq!(genuine.len(), 1, "{genuine:?}");
+    assert_eq!(genuine[0]["from"], bob["id"], "{genuine:?}");
+}
