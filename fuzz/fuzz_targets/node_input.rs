@@ -1,6 +1,6 @@
 //! A whole Node fed arbitrary input: stream bytes on accepted and opened connections (a legacy
 //! XEP-0174 peer's, which needs no authentication, and an nbhd peer's), courier frames signed by
-//! a peer it knows (so arbitrary stanzas reach the messages engine), probes, observations, raw
+//! a peer it knows and sealed to it (so arbitrary stanzas reach the messages engine), probes, observations, raw
 //! datagrams on every channel, activity frames sealed with the activity's key around arbitrary
 //! bodies (what a member, or anyone an invitation reached, can send), commands (activities'
 //! too), store confirmations, failures and reads, and time. Never a panic, whatever arrives.
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use nbhd_proto::frame::{self, Kind};
 use nbhd_proto::identity::Identity;
+use nbhd_proto::messages::sealed::{self, Purpose, OVERHEAD};
 use nbhd_proto::activity::wire::{Body, Kind as ActivityKind, Repr as ActivityRepr};
 use nbhd_proto::node::{Channel, Command, Config, IfaceId, Node, Restored, StreamInput};
 use nbhd_proto::presence::wire::{Message, Name, Record, RecordData};
@@ -134,12 +135,19 @@ fuzz_target!(|data: &[u8]| {
                     Kind::Probe,
                     Kind::ProbeReply,
                 ][usize::from(arg) % 5];
+                let mut payload = bytes[..bytes.len().min(frame::MAX_PAYLOAD - OVERHEAD)].to_vec();
+                // A courier stanza or receipt is sealed to us by its sender (half the time, so
+                // unsealable payloads are tried too).
+                if matches!(kind, Kind::Courier | Kind::CourierReceipt) && arg & 0x80 == 0 {
+                    payload = sealed::seal(&peer, &me.public(), Purpose::Courier, [arg; 24], &payload)
+                        .expect("a valid key");
+                }
                 let f = frame::Repr {
                     kind,
                     sender: peer.public(),
                     recipient: me.public(),
                     id: u64::from(arg),
-                    payload: bytes[..bytes.len().min(frame::MAX_PAYLOAD)].to_vec(),
+                    payload,
                 };
                 if let Ok(b) = f.emit(&peer) {
                     let channel = if op % 12 == 3 { Channel::Courier } else { Channel::Probe };

@@ -13,8 +13,9 @@ pub enum DropReason {
     ChatWithoutId,
     /// An invitation unsigned or badly signed.
     BadSignature,
-    /// An unsigned chat message that came through a relay: the relay could have forged it.
-    RelayedChat,
+    /// A courier or relayed payload not sealed to us by the peer it names: read, changed or
+    /// made up by someone else (a relay, a host on the link).
+    Unsealable,
     /// A relay request or relayed stanza we will not act on (unknown or legacy peer, no
     /// forwarded stanza).
     RelayRefused,
@@ -50,7 +51,7 @@ impl DropReason {
             DropReason::UnsupportedStanza => "unsupported-stanza",
             DropReason::ChatWithoutId => "chat-without-id",
             DropReason::BadSignature => "bad-signature",
-            DropReason::RelayedChat => "relayed-chat",
+            DropReason::Unsealable => "unsealable",
             DropReason::RelayRefused => "relay-refused",
             DropReason::UnknownSender => "unknown-sender",
             DropReason::StreamError => "stream-error",

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
+use super::sealed::{self, Purpose};
 use super::stanza::{self, Activity, Stanza, StanzaError};
 use super::xml::{self, Element, StreamParser};
 use super::{Action, ConnId, Event, Messages, PeerInfo, Received};
@@ -25,9 +29,9 @@ use crate::drops::DropReason;
 use crate::frame::{self, Kind};
 use crate::paths::{PathState, Paths, Via};
 
-/// Relay requests and relayed stanzas (the stanza itself inside XEP-0297 `<forwarded>`).
+/// Relay requests and relayed stanzas (the stanza sealed from its origin to its recipient
+/// inside `<sealed>`: the relay reads nothing and can change or make up nothing).
 pub const NS_RELAY: &str = "urn:nbhd:relay:0";
-pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 /// A delivery the courier has not carried within this is also handed to a relay.
 pub const RELAY_AFTER: Duration = Duration::from_millis(200);
 /// A legacy peer's stream broke before it took a stanza: open another after this.
@@ -498,7 +502,13 @@ impl Messages {
         });
     }
 
-    fn courier_frame(&mut self, kind: Kind, to: &[u8; 32], id: u64, payload: Vec<u8>) {
+    /// A courier frame to `to` carrying `stanza` sealed to it: the frame's signature says who
+    /// sent it, the seal that nobody else on the link reads it.
+    fn courier_frame(&mut self, kind: Kind, to: &[u8; 32], id: u64, stanza: Vec<u8>) {
+        let Ok(payload) = sealed::seal(&self.me, to, Purpose::Courier, self.rng.gen(), &stanza)
+        else {
+            return;
+        };
         let repr = frame::Repr {
             kind,
             sender: self.me.public(),
@@ -513,9 +523,16 @@ impl Messages {
 
     /// A courier frame (or its receipt) from `peer`, already verified by the Node.
     pub fn handle_courier(&mut self, now: Instant, peer: &str, f: &frame::Repr, paths: &mut Paths) {
+        let Ok(stanza) = sealed::open(&self.me, &f.sender, Purpose::Courier, &f.payload) else {
+            return self.drop_input(
+                peer,
+                DropReason::Unsealable,
+                "a courier frame not sealed to us by its sender".into(),
+            );
+        };
         let mut p = StreamParser::new();
         let mut wrapped = xml::stream_header("", "");
-        wrapped.extend_from_slice(&f.payload);
+        wrapped.extend_from_slice(&stanza);
         if p.feed(&wrapped).is_err() {
             return self.drop_input(
                 peer,
@@ -600,7 +617,7 @@ impl Messages {
             .get(to)
             .cloned()
             .filter(|t| t.id != from && !t.legacy);
-        let inner = request.get_child(NS_FORWARD, "forwarded");
+        let inner = request.get_child(NS_RELAY, "sealed");
         let (Some(target), Some(inner)) = (target, inner) else {
             return self.drop_input(
                 from,
@@ -622,9 +639,19 @@ impl Messages {
         self.send_on_stream(now, &target, wrapped.to_stanza_bytes());
     }
 
-    /// Asks `relay` to carry `stanza` to `to`.
+    /// Asks `relay` to carry `stanza` to `to`, sealed to it.
     fn relay_via(&mut self, now: Instant, relay: &str, to: &str, stanza: &Element) {
-        let Some(info) = self.peers.get(relay).cloned() else {
+        let (Some(info), Some(target)) = (self.peers.get(relay).cloned(), self.peers.get(to))
+        else {
+            return;
+        };
+        let Ok(boxed) = sealed::seal(
+            &self.me,
+            &target.key,
+            Purpose::Relay,
+            self.rng.gen(),
+            &stanza.to_stanza_bytes(),
+        ) else {
             return;
         };
         let id = self.new_id();
@@ -636,13 +663,13 @@ impl Messages {
             .child(
                 Element::new(NS_RELAY, "relay")
                     .attr("to", to)
-                    .child(Element::new(NS_FORWARD, "forwarded").child(stanza.clone())),
+                    .child(Element::new(NS_RELAY, "sealed").text(&STANDARD.encode(boxed))),
             );
         self.send_on_stream(now, &info, request.to_stanza_bytes());
     }
 
-    /// A `<relayed>` stanza `relayer` carried for its origin: only what the origin signed is
-    /// believed.
+    /// A `<relayed>` stanza `relayer` carried for its origin: only what the origin sealed to
+    /// us is believed (a receipt, a chat, an invitation alike).
     pub(super) fn on_relayed(
         &mut self,
         now: Instant,
@@ -654,42 +681,46 @@ impl Messages {
             return;
         };
         let origin = r.get_attr("from").unwrap_or("").to_string();
-        let inner = r.get_child(NS_FORWARD, "forwarded").and_then(|f| {
-            f.children.iter().find_map(|c| match c {
-                xml::Node::Element(e) => Some(e.clone()),
-                _ => None,
-            })
-        });
-        let known = self
+        let key = self
             .peers
             .get(&origin)
-            .is_some_and(|p| !p.legacy && p.id != relayer);
-        let (true, Some(inner)) = (known, inner) else {
+            .filter(|p| !p.legacy && p.id != relayer)
+            .map(|p| p.key);
+        let Some(key) = key else {
             return self.drop_input(
                 relayer,
                 DropReason::RelayRefused,
-                format!(
-                    "relayed stanza from {origin:?}: not an nbhd peer we know, or nothing inside"
-                ),
+                format!("relayed stanza from {origin:?}: not an nbhd peer we know"),
             );
         };
-        match Stanza::from_element(&inner) {
-            Ok(Stanza::Receipt { of }) => self.on_receipt(now, &origin, &of, Via::Relay, paths),
-            Ok(Stanza::Invitation { .. }) => {
-                self.on_stanza(now, &origin, inner, Via::Relay, None, Some(relayer), paths)
-            }
-            Ok(Stanza::Chat { .. }) => self.drop_input(
+        let opened = r
+            .get_child(NS_RELAY, "sealed")
+            .and_then(|b| STANDARD.decode(b.text_content().trim()).ok())
+            .and_then(|b| sealed::open(&self.me, &key, Purpose::Relay, &b).ok());
+        let Some(bytes) = opened else {
+            return self.drop_input(
                 &origin,
-                DropReason::RelayedChat,
-                format!("unsigned chat relayed by {relayer}: a relay could have forged it"),
-            ),
-            Ok(Stanza::Typing) => {}
-            Err(e) => self.drop_input(
+                DropReason::Unsealable,
+                format!("relayed by {relayer}: not sealed to us by {origin}"),
+            );
+        };
+        let mut p = StreamParser::new();
+        let mut wrapped = xml::stream_header("", "");
+        wrapped.extend_from_slice(&bytes);
+        let inner = p.feed(&wrapped).ok().and_then(|()| {
+            std::iter::from_fn(|| p.poll_event()).find_map(|ev| match ev {
+                xml::StreamEvent::Stanza(s) => Some(s),
+                _ => None,
+            })
+        });
+        let Some(inner) = inner else {
+            return self.drop_input(
                 &origin,
                 DropReason::MalformedStanza,
-                format!("relayed: {e:?}"),
-            ),
-        }
+                format!("relayed by {relayer}: not a stanza inside"),
+            );
+        };
+        self.on_stanza(now, &origin, inner, Via::Relay, None, Some(relayer), paths);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -7,6 +7,8 @@
 //!   legacy XEP-0174 peers' plain streams, ends.
 //! - [`noise`]: that secure channel: a Noise XX handshake bound to both identities and both
 //!   roles, then every stanza encrypted.
+//! - [`sealed`]: what travels through third parties (the courier, a relay), sealed from one
+//!   identity to the other.
 //! - [`delivery`]: deliveries raced over TCP, the courier and a relay as [`crate::paths::Paths::plan`] says,
 //!   receipts bound to (stanza id, sender, recipient), deduplication, and what is received
 //!   becoming a store write that must be confirmed before its receipt goes out.
@@ -17,6 +19,7 @@
 
 pub mod delivery;
 pub mod noise;
+pub mod sealed;
 pub mod stanza;
 pub mod streams;
 pub mod xml;

@@ -258,3 +258,68 @@ fn a_connect_to_bobs_address_answered_by_another_key_sends_nothing() {
     let (_, mallory_events) = drain(&mut mallory, now);
     assert!(chats(&mallory_events).is_empty());
 }
+
+/// Issue 15, attack 2: anyone who saw a stanza id on the courier could tell alice, through a
+/// stream of its own, that bob relayed his receipt for it; her retransmissions stopped and the
+/// message was lost. A relayed receipt now counts only if bob sealed it to her.
+#[test]
+fn a_receipt_relayed_in_bobs_name_but_not_sealed_by_him_is_not_believed() {
+    let now = Instant::now();
+    let (mut a, b) = alice_and_bob();
+    let mut carol = side(3, "carol@lab");
+    carol.m.set_peer(info(&a.id, ALICE, 1));
+    a.m.set_peer(info(&carol.id, "carol@lab", 3));
+    // Alice's message to bob is on its way (its connect is left hanging).
+    let id =
+        a.m.send(now, &b.id.peer_id(), "to bob", T, &mut a.paths)
+            .expect("bob is known");
+    let _ = drain(&mut a, now);
+    let receipt = super::stanza::Stanza::Receipt { of: id.clone() }.to_element(BOB, ALICE);
+    let forged = [
+        // Bob's receipt as the old protocol carried it: in clear inside <forwarded>.
+        xml::Element::new(xml::NS_CLIENT, "message")
+            .attr("type", "normal")
+            .child(
+                xml::Element::new(super::delivery::NS_RELAY, "relayed")
+                    .attr("from", &b.id.peer_id())
+                    .child(
+                        xml::Element::new("urn:xmpp:forward:0", "forwarded").child(receipt.clone()),
+                    ),
+            ),
+        // Sealed, but by carol, not by bob.
+        xml::Element::new(xml::NS_CLIENT, "message")
+            .attr("type", "normal")
+            .child(
+                xml::Element::new(super::delivery::NS_RELAY, "relayed")
+                    .attr("from", &b.id.peer_id())
+                    .child(
+                        xml::Element::new(super::delivery::NS_RELAY, "sealed").text(
+                            &base64::Engine::encode(
+                                &base64::engine::general_purpose::STANDARD,
+                                super::sealed::seal(
+                                    &carol.id,
+                                    &a.id.public(),
+                                    super::sealed::Purpose::Relay,
+                                    [4; 24],
+                                    &receipt.to_stanza_bytes(),
+                                )
+                                .unwrap(),
+                            ),
+                        ),
+                    ),
+            ),
+    ];
+    let carol_info = info(&a.id, ALICE, 1);
+    for stanza in &forged {
+        carol
+            .m
+            .send_on_stream(now, &carol_info, stanza.to_stanza_bytes());
+    }
+    let (_, events) = carry(now, &mut a, &mut carol);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Delivered { .. })),
+        "alice was told bob has it: {events:?}"
+    );
+    let refused = a.m.stats().dropped.get(&DropReason::Unsealable).copied();
+    assert_eq!(refused, Some(2), "{:?}", a.m.stats().dropped);
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::frame;
 use crate::identity::Identity;
+use crate::messages::sealed::{self, Purpose};
 use crate::messages::stanza::Stanza;
 use crate::paths::Health;
 use crate::vnet::{self, Store, Vnet, IFACE, P2PJ_PORT, PROBE_PORT};
@@ -297,6 +298,20 @@ fn under_twenty_percent_loss_and_the_black_hole_every_invitation_arrives_within_
     assert_eq!(shown(&net, 1).len(), 100, "each once");
 }
 
+/// A courier frame from `by` to `to` carrying `stanza`, sealed and signed as a Node makes it.
+fn courier_frame(by: &Identity, to: &Identity, id: u64, stanza: &[u8]) -> Vec<u8> {
+    let payload = sealed::seal(by, &to.public(), Purpose::Courier, [3; 24], stanza).unwrap();
+    frame::Repr {
+        kind: frame::Kind::Courier,
+        sender: by.public(),
+        recipient: to.public(),
+        id,
+        payload,
+    }
+    .emit(by)
+    .unwrap()
+}
+
 #[test]
 fn a_badly_signed_invitation_is_dropped_unacknowledged_and_a_strangers_frame_too() {
     let mut net = net(2);
@@ -320,17 +335,7 @@ fn a_badly_signed_invitation_is_dropped_unacknowledged_and_a_strangers_frame_too
         )),
     }
     .to_element("alice@lab", "bob@lab");
-    let frame_of = |by: &Identity, payload: Vec<u8>| {
-        frame::Repr {
-            kind: frame::Kind::Courier,
-            sender: by.public(),
-            recipient: bob.public(),
-            id: 42,
-            payload,
-        }
-        .emit(by)
-        .unwrap()
-    };
+    let frame_of = |by: &Identity, stanza: Vec<u8>| courier_frame(by, &bob, 42, &stanza);
     let src = SocketAddr::new(IpAddr::V4(vnet::addr(0)), COURIER_PORT);
     let since = net.now;
     net.inject(
@@ -425,15 +430,8 @@ fn a_chat_without_id_from_an_nbhd_peer_is_dropped_and_counted() {
         receipt_requested: true,
     }
     .to_element("alice@lab", "bob@lab");
-    let f = frame::Repr {
-        kind: frame::Kind::Courier,
-        sender: alice.public(),
-        recipient: Identity::from_secret(secret(1)).public(),
-        id: 7,
-        payload: chat.to_stanza_bytes(),
-    }
-    .emit(&alice)
-    .unwrap();
+    let bob = Identity::from_secret(secret(1));
+    let f = courier_frame(&alice, &bob, 7, &chat.to_stanza_bytes());
     let src = SocketAddr::new(IpAddr::V4(vnet::addr(0)), COURIER_PORT);
     net.inject(1, Channel::Courier, src, &f);
     assert!(shown(&net, 1).is_empty());
@@ -568,14 +566,15 @@ fn with_neither_tcp_nor_courier_an_invitation_goes_through_a_relay() {
 }
 
 #[test]
-fn a_relay_cannot_forge_a_chat_message() {
+fn with_neither_tcp_nor_courier_a_chat_goes_through_a_relay_sealed_to_its_recipient() {
     let mut net = net(3);
     net.unicast_drop.insert((0, 1));
     net.multicast_drop.insert((0, 1));
-    let _ = send(&mut net, 0, 1, "unsigned", Duration::from_secs(4));
+    let m = send(&mut net, 0, 1, "through carol", Duration::from_secs(4));
     net.run_for(Duration::from_secs(5));
-    assert!(shown(&net, 1).is_empty(), "a relayed chat is not believed");
-    assert_eq!(dropped(&net, 1, DropReason::RelayedChat), 1);
+    // Sealed by alice to bob, so the relay could neither read nor forge it: believed.
+    assert_eq!(shown(&net, 1), vec!["through carol"]);
+    assert_eq!(delivered(&net, &m).expect("delivered").1, Via::Relay);
 }
 
 #[test]
@@ -598,15 +597,8 @@ fn what_was_stored_before_a_restart_is_acknowledged_again_but_not_shown_again() 
         receipt_requested: true,
     }
     .to_element("alice@lab", "bob@lab");
-    let f = frame::Repr {
-        kind: frame::Kind::Courier,
-        sender: alice.public(),
-        recipient: Identity::from_secret(secret(1)).public(),
-        id: 7,
-        payload: again.to_stanza_bytes(),
-    }
-    .emit(&alice)
-    .unwrap();
+    let bob = Identity::from_secret(secret(1));
+    let f = courier_frame(&alice, &bob, 7, &again.to_stanza_bytes());
     let since = net.now;
     let src = SocketAddr::new(IpAddr::V4(vnet::addr(0)), COURIER_PORT);
     net.inject(1, Channel::Courier, src, &f);
@@ -614,7 +606,13 @@ fn what_was_stored_before_a_restart_is_acknowledged_again_but_not_shown_again() 
     assert_eq!(shown(&net, 1).len(), shown_before, "not shown again");
     let receipts = frames(&net, 1, frame::Kind::CourierReceipt, since);
     assert_eq!(receipts.len(), 1, "but acknowledged");
-    assert!(String::from_utf8_lossy(&receipts[0].payload).contains(&m));
+    let receipt = sealed::open(
+        &alice,
+        &bob.public(),
+        Purpose::Courier,
+        &receipts[0].payload,
+    );
+    assert!(String::from_utf8_lossy(&receipt.expect("sealed to alice")).contains(&m));
 }
 
 /// The receipt goes out only once the invitation is stored: with a store that refuses writes,
