@@ -86,21 +86,21 @@ pub fn doctor(p: &Peer, d: &Diagnosis) -> DoctorRow {
 }
 
 /// The event people follow for a Node event, if it is one they follow; `impostor` says which
-/// peers announce a nick first seen with another key.
-pub fn event(e: &node::Event, now: Instant, impostor: impl Fn(&str) -> bool) -> Option<Event> {
+/// peers announce a nick first seen with another key, or a key another instance holds.
+pub fn event(e: &node::Event, now: Instant, impostor: impl Fn(&Peer) -> bool) -> Option<Event> {
     let at = unix_ms();
     Some(match e {
         node::Event::PeerUp(p) => Event::PeerUp {
             at,
-            peer: peer(p, now, impostor(&p.id)),
+            peer: peer(p, now, impostor(p)),
         },
         node::Event::PeerDown(p) => Event::PeerDown {
             at,
-            peer: peer(p, now, impostor(&p.id)),
+            peer: peer(p, now, impostor(p)),
         },
         node::Event::PeerChanged(p) => Event::PeerChanged {
             at,
-            peer: peer(p, now, impostor(&p.id)),
+            peer: peer(p, now, impostor(p)),
         },
         node::Event::Posted { post, .. } | node::Event::Entry(post) => {
             let mut entry = log_row(post);

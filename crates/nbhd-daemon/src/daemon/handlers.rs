@@ -41,7 +41,7 @@ impl Daemon {
             Request::Peers => Reply::Peers(
                 self.node
                     .peers()
-                    .map(|p| view::peer(p, now, self.node.is_impostor(&p.id)))
+                    .map(|p| view::peer(p, now, self.node.is_impostor(p)))
                     .collect(),
             ),
             Request::Status => Reply::Status(self.status(now)),

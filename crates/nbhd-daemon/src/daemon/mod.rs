@@ -730,7 +730,7 @@ impl Daemon {
             } => tracing::info!(%activity, %nick, ?change, "member"),
         }
         let node = &self.node;
-        if let Some(ev) = view::event(&e, Instant::now(), |id| node.is_impostor(id)) {
+        if let Some(ev) = view::event(&e, Instant::now(), |p| node.is_impostor(p)) {
             let _ = self.events.send(ev);
         }
     }

@@ -283,6 +283,23 @@ impl Node {
                 self.forget_peer(&old);
             }
         }
+        // One route per key: the instance that announced it first keeps it while it is here. A
+        // second instance announcing the same key (from another address, or the same) is
+        // flagged and moves nothing: announcing someone's key is free, proving it is not
+        // (issue 15: a host announcing bob's key moved alice's connects to itself).
+        if !p.legacy {
+            let holder = self.routes.get(&p.id).cloned();
+            match holder {
+                Some(holder) if holder != p.instance && self.still_announced(&holder, &p.id) => {
+                    self.key_conflicts.insert(p.instance.clone());
+                    return;
+                }
+                _ => {
+                    self.routes.insert(p.id.clone(), p.instance.clone());
+                    self.key_conflicts.remove(&p.instance);
+                }
+            }
+        }
         let Some(ip) = p.addrs.first() else { return };
         let key = p
             .key
@@ -322,6 +339,34 @@ impl Node {
         }
     }
 
+    /// True while presence lists `instance` with the key `id`.
+    fn still_announced(&self, instance: &str, id: &str) -> bool {
+        self.presence
+            .peers()
+            .any(|q| q.instance == instance && q.id == id)
+    }
+
+    /// An instance went (its goodbye, its records expired): what it announced goes, and only
+    /// that. The key's route goes only with the instance that held it; another instance
+    /// announcing the same key may then take it (and must prove it on every stream).
+    fn peer_down(&mut self, p: &Peer) {
+        self.ids_by_instance.remove(&p.instance);
+        self.key_conflicts.remove(&p.instance);
+        if !p.legacy && self.routes.get(&p.id).is_some_and(|i| *i != p.instance) {
+            return;
+        }
+        self.routes.remove(&p.id);
+        self.forget_peer(&p.id);
+        let next = self
+            .presence
+            .peers()
+            .find(|q| q.id == p.id && q.instance != p.instance)
+            .cloned();
+        if let Some(next) = next {
+            self.sync_peer(&next);
+        }
+    }
+
     /// Everything the engines keep about a peer id, forgotten.
     fn forget_peer(&mut self, id: &str) {
         self.messages.remove_peer(id);
@@ -346,10 +391,7 @@ impl Node {
         while let Some(e) = self.presence.poll_event() {
             match &e {
                 presence::Event::PeerUp(p) | presence::Event::PeerChanged(p) => self.sync_peer(p),
-                presence::Event::PeerDown(p) => {
-                    self.ids_by_instance.remove(&p.instance);
-                    self.forget_peer(&p.id);
-                }
+                presence::Event::PeerDown(p) => self.peer_down(p),
                 presence::Event::Renamed { instance, .. } => self.messages.set_instance(instance),
                 presence::Event::Announced { .. } => {}
             }

@@ -434,6 +434,10 @@ pub struct Node {
     impostors: HashSet<String>,
     /// Each instance's peer id now: a new id for an instance replaces the old one.
     ids_by_instance: HashMap<String, String>,
+    /// The instance whose address carries each nbhd key's route (the first to announce it).
+    routes: HashMap<String, String>,
+    /// Instances announcing a key another instance holds: flagged, routed nowhere.
+    key_conflicts: HashSet<String>,
     /// Store reads in flight for the activities engine.
     loads: HashMap<u64, Load>,
     load_queue: VecDeque<(u64, Load)>,
@@ -521,6 +525,8 @@ impl Node {
             pins: restored.pins.into_iter().collect(),
             impostors: HashSet::new(),
             ids_by_instance: HashMap::new(),
+            routes: HashMap::new(),
+            key_conflicts: HashSet::new(),
             loads: HashMap::new(),
             load_queue: VecDeque::new(),
             rng,
@@ -670,9 +676,10 @@ impl Node {
         }
     }
 
-    /// A peer announcing a nick first seen with another key (trust on first use).
-    pub fn is_impostor(&self, id: &str) -> bool {
-        self.impostors.contains(id)
+    /// A peer announcing a nick first seen with another key (trust on first use), or a key
+    /// another instance announced first.
+    pub fn is_impostor(&self, p: &Peer) -> bool {
+        self.impostors.contains(&p.id) || self.key_conflicts.contains(&p.instance)
     }
 
     /// True while a stream is open or ending (the driver waits for them at shutdown).

@@ -888,3 +888,73 @@ fn an_invitation_id_never_shadows_an_activitys_name_or_id() {
     );
     assert_eq!(n.resolve_activity("inv-1").map(|a| a.id), Ok(planted.id));
 }
+
+/// Issue 15, attack 1's second half: a host announcing an instance with bob's key moved
+/// alice's route to bob to itself, and its goodbye removed bob. Now the first instance keeps
+/// the key's route, the second is flagged, and its goodbye takes only itself.
+#[test]
+fn a_second_instance_announcing_bobs_key_is_flagged_moves_no_route_and_its_goodbye_leaves_bob() {
+    use crate::presence::wire::{Message, Name, Record, RecordData};
+    use crate::presence::{xep0174_txt, SERVICE_TYPE};
+    let mut net = net(2);
+    let bob = Identity::from_secret(secret(1));
+    let fake = Ipv4Addr::new(10, 0, 0, 99);
+    // mallory@elsewhere at 10.0.0.99, with bob's key in its TXT.
+    let announce = |ttl: u32| {
+        let svc = Name::dotted(SERVICE_TYPE);
+        let inst = Name::child("mallory@elsewhere", &svc);
+        let target = Name::dotted("mallory-host.local");
+        let mut txt = xep0174_txt(P2PJ_PORT, "mallory", "avail", "", &bob.peer_id());
+        txt.push(("nbhd".into(), "1".into()));
+        let txt = txt
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}").into_bytes())
+            .collect();
+        let mut m = Message::response();
+        m.answers
+            .push(Record::new(svc, ttl, RecordData::Ptr(inst.clone())));
+        m.answers.push(Record::new(
+            inst.clone(),
+            ttl,
+            RecordData::Srv {
+                priority: 0,
+                weight: 0,
+                port: P2PJ_PORT,
+                target: target.clone(),
+            },
+        ));
+        m.answers.push(Record::new(inst, ttl, RecordData::Txt(txt)));
+        m.answers
+            .push(Record::new(target, ttl, RecordData::A(fake)));
+        m.emit()
+    };
+    let src = SocketAddr::new(IpAddr::V4(fake), 5353);
+    net.inject(0, Channel::Mdns, src, &announce(120));
+    net.run_for(Duration::from_secs(1));
+    let rows: Vec<Peer> = net
+        .host(0)
+        .peers()
+        .filter(|p| p.id == bob.peer_id())
+        .cloned()
+        .collect();
+    assert_eq!(rows.len(), 2, "both instances are listed: {rows:?}");
+    for p in &rows {
+        let flagged = net.host(0).is_impostor(p);
+        assert_eq!(flagged, p.instance == "mallory@elsewhere", "{p:?}");
+    }
+    // Alice's messages still go to bob's own address, over TCP.
+    let m = send(&mut net, 0, 1, "to the real bob", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &m).expect("delivered").1, Via::Tcp);
+    assert_eq!(shown(&net, 1), vec!["to the real bob"]);
+    // Its goodbye takes only itself.
+    net.inject(0, Channel::Mdns, src, &announce(0));
+    net.run_for(Duration::from_secs(2));
+    assert!(net
+        .host(0)
+        .peers()
+        .any(|p| p.id == bob.peer_id() && p.instance != "mallory@elsewhere"));
+    let m = send(&mut net, 0, 1, "still there", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &m).expect("delivered").1, Via::Tcp);
+}
