@@ -9,7 +9,7 @@
 //!
 //! The schema is versioned with `PRAGMA user_version` and migrated forward on open, each step in
 //! a transaction: version 0 is the first release's (invitations kept as JSON rows), 1 typed the
-//! invitations and added messages, 2 added activities, posts and pins.
+//! invitations and added messages, 2 added activities, posts and pins, 3 the posts' signatures.
 
 use std::path::Path;
 
@@ -28,7 +28,7 @@ use crate::error::DaemonError;
 const SEEN_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The schema migrations, in order: step `i` takes a store from version `i` to `i + 1`.
-const MIGRATIONS: &[fn(&Transaction) -> rusqlite::Result<()>] = &[to_v1, to_v2];
+const MIGRATIONS: &[fn(&Transaction) -> rusqlite::Result<()>] = &[to_v1, to_v2, to_v3];
 
 pub struct Store {
     conn: Connection,
@@ -140,6 +140,13 @@ fn to_v2(tx: &Transaction) -> rusqlite::Result<()> {
              first_ms INTEGER NOT NULL
          );",
     )
+}
+
+/// Version 2 → 3: every post keeps its poster's signature, so a repair or a late joiner's history
+/// from this store is believed. Posts stored before (unsigned) keep an empty one: shown here,
+/// never repaired to others, who would refuse them.
+fn to_v3(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE posts ADD COLUMN sig BLOB NOT NULL DEFAULT x'';")
 }
 
 impl Store {
@@ -262,11 +269,11 @@ fn apply_one(conn: &Connection, me: &str, record: &Record, at_ms: u64) -> Result
             rusqlite::params![info.id.to_hex(), info.name, info.kind, info.private, &info.key[..], joined, at],
         ),
         Record::Post(p) => conn.execute(
-            "INSERT OR IGNORE INTO posts (activity, sender, seq, first_pkt, frags, lamport, nick, bytes, body, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT OR IGNORE INTO posts (activity, sender, seq, first_pkt, frags, lamport, nick, bytes, body, at_ms, sig)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             rusqlite::params![
                 p.activity.to_hex(), &p.sender[..], p.seq as i64, p.first_pkt as i64, p.frags, p.lamport as i64,
-                p.nick, p.bytes, p.body, p.at_ms as i64
+                p.nick, p.bytes, p.body, p.at_ms as i64, &p.sig[..]
             ],
         ),
         Record::Pin { nick, key } => conn.execute(
@@ -295,11 +302,13 @@ fn post_row(r: &rusqlite::Row) -> rusqlite::Result<Post> {
         bytes: r.get(7)?,
         body: r.get(8)?,
         at_ms: r.get::<_, i64>(9)? as u64,
+        // Empty for a post stored before signatures: all zeros, which no key verifies.
+        sig: <[u8; 64]>::try_from(r.get::<_, Vec<u8>>(10)?.as_slice()).unwrap_or([0; 64]),
     })
 }
 
 const POST_COLUMNS: &str =
-    "activity, sender, seq, first_pkt, frags, lamport, nick, bytes, body, at_ms";
+    "activity, sender, seq, first_pkt, frags, lamport, nick, bytes, body, at_ms, sig";
 
 impl Store {
     /// What a Node restarts from: every (sender, stanza id) received and kept. Legacy peers'
@@ -797,11 +806,16 @@ mod tests {
                 at_ms: 1,
                 bytes: false,
                 body: b"x".to_vec(),
+                sig: [seq as u8; 64],
             })
         };
         let records = [post(7, 1), post(7, 2), post(7, 4), post(8, 2), post(9, 1)];
         let refs: Vec<&Record> = records.iter().collect();
         assert!(s.apply_all("me", &refs, 1).iter().all(Result::is_ok));
+        // Each post comes back with its signature, for repairs and history.
+        let back = s.log(&activity).unwrap();
+        assert_eq!(back.len(), 5);
+        assert!(back.iter().all(|p| p.sig == [p.seq as u8; 64]), "{back:?}");
         let mut heads = s.restored(1).unwrap().activities.heads;
         heads.sort();
         assert_eq!(

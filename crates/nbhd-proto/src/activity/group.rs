@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::signed;
 use super::wire::{self, Body, Data};
 use super::{
     ActivityInfo, Event, Load, MemberChange, Out, Post, PostError, Write, MAX_QUEUED_BYTES,
@@ -73,6 +74,8 @@ pub const MAX_SENDERS: usize = 4096;
 pub const BULK: u64 = 64;
 /// Frames remembered (by nonce) to drop replays.
 pub const REPLAY_WINDOW: usize = 8192;
+/// How far one post may move our Lamport clock (see `next_lamport`).
+pub const MAX_LAMPORT_JUMP: u64 = 1 << 32;
 /// Posts of one sender handed to the store and not yet confirmed.
 pub const MAX_STORING: u64 = 256;
 
@@ -197,7 +200,7 @@ impl Group {
 
     /// What the store holds of `sender`: its last post, that post's last packet, its Lamport.
     pub fn restore_head(&mut self, sender: [u8; 32], seq: u64, last_pkt: u64, lamport: u64) {
-        self.lamport = self.lamport.max(lamport);
+        self.lamport = next_lamport(self.lamport, lamport);
         if sender == self.me {
             self.next_post = self.next_post.max(seq + 1);
             self.next_pkt = self.next_pkt.max(last_pkt + 1);
@@ -362,7 +365,7 @@ impl Group {
         };
         self.queued_bytes -= p.body.len();
         let frags = p.body.len().div_ceil(wire::MAX_CHUNK).max(1) as u16;
-        let post = Post {
+        let mut post = Post {
             activity: self.info.id,
             sender: self.me,
             nick: out.nick.to_string(),
@@ -375,7 +378,9 @@ impl Group {
             at_ms: p.at_ms,
             bytes: p.bytes,
             body: p.body,
+            sig: [0; 64],
         };
+        signed::sign(out.me, &mut post);
         self.own_storing = true;
         self.write(
             out,
@@ -436,7 +441,7 @@ impl Group {
                 }
                 s.stored = post.first_pkt + u64::from(post.frags) - 1;
                 s.stored_post = post.seq;
-                self.lamport = self.lamport.max(post.lamport);
+                self.lamport = next_lamport(self.lamport, post.lamport);
                 out.events.push_back(Event::Received(post));
                 self.changed(now);
                 self.advance(now, out, sender);
@@ -604,6 +609,15 @@ impl Group {
             out.stats.duplicates += 1;
             return;
         }
+        // A whole post in one packet is checked before it takes its slot, so a forgery never
+        // keeps the genuine post out; a longer one is checked once complete (advance_one).
+        if d.frags == 1 && !signed::verify(&assemble(self.info.id, sender, &[d.clone()])) {
+            return self.drop_input(
+                out,
+                DropReason::BadSignature,
+                format!("post {} not signed by its sender: dropped", d.post),
+            );
+        }
         if s.buffer.len() >= MAX_BUFFER {
             return self.drop_input(
                 out,
@@ -660,12 +674,11 @@ impl Group {
 
     /// Hands `sender`'s next complete posts to the store, in order.
     fn advance(&mut self, now: Instant, out: &mut Out, sender: [u8; 32]) {
-        while self.advance_one(out, sender) {}
-        let _ = now;
+        while self.advance_one(now, out, sender) {}
     }
 
     /// Hands `sender`'s next post to the store if its packets are all here; true if it did.
-    fn advance_one(&mut self, out: &mut Out, sender: [u8; 32]) -> bool {
+    fn advance_one(&mut self, now: Instant, out: &mut Out, sender: [u8; 32]) -> bool {
         let Some(s) = self.senders.get_mut(&sender) else {
             return false;
         };
@@ -698,19 +711,22 @@ impl Group {
             return false;
         }
         let parts: Vec<Data> = (next..=last).filter_map(|p| s.buffer.remove(&p)).collect();
-        let head = &parts[0];
-        let post = Post {
-            activity: self.info.id,
-            sender,
-            nick: head.nick.clone(),
-            seq: post_seq,
-            first_pkt: next,
-            frags,
-            lamport: head.lamport,
-            at_ms: head.at_ms,
-            bytes: head.bytes,
-            body: parts.iter().flat_map(|d| d.chunk.iter().copied()).collect(),
-        };
+        let post = assemble(self.info.id, sender, &parts);
+        // A post of one fragment was verified as it came (see on_data).
+        if frags > 1 && !signed::verify(&post) {
+            // A member's forgery in the poster's name (or a fragment of one): gone from the
+            // buffer and the repair cache, so the genuine packets are asked for and taken.
+            s.nack_at.get_or_insert(now);
+            for p in next..=last {
+                self.cache.remove(&(sender, p));
+            }
+            self.drop_input(
+                out,
+                DropReason::BadSignature,
+                format!("post {post_seq} not signed by its sender: dropped"),
+            );
+            return false;
+        }
         s.handed = last;
         s.handed_post = post_seq;
         self.write(out, Write::Post(post.clone()), Pending::Received(post));
@@ -1066,6 +1082,32 @@ fn idle_session_at(now: Instant, out: &mut Out) -> Instant {
     now + SESSION_IDLE - SESSION_IDLE / 10 + Duration::from_millis(jitter)
 }
 
+/// Our Lamport clock after seeing `seen`: it follows, but a post cannot move it by more than
+/// [`MAX_LAMPORT_JUMP`]. One signed post with a time near the top of the range would otherwise
+/// set every member's clock there, and nobody could post again; honest clocks grow by one a
+/// post, so the bound never bites them.
+fn next_lamport(ours: u64, seen: u64) -> u64 {
+    ours.max(seen.min(ours.saturating_add(MAX_LAMPORT_JUMP)))
+}
+
+/// The post `parts` (its fragments, in order, at least one) make up.
+fn assemble(activity: super::ActivityId, sender: [u8; 32], parts: &[Data]) -> Post {
+    let head = &parts[0];
+    Post {
+        activity,
+        sender,
+        nick: head.nick.clone(),
+        seq: head.post,
+        first_pkt: head.pkt,
+        frags: head.frags,
+        lamport: head.lamport,
+        at_ms: head.at_ms,
+        bytes: head.bytes,
+        body: parts.iter().flat_map(|d| d.chunk.iter().copied()).collect(),
+        sig: head.sig,
+    }
+}
+
 /// A post cut into its packets (the same cut every time: repairs from the store match).
 pub fn fragments(post: &Post, repair: bool) -> Vec<Data> {
     let chunks: Vec<&[u8]> = if post.body.is_empty() {
@@ -1085,6 +1127,7 @@ pub fn fragments(post: &Post, repair: bool) -> Vec<Data> {
             frags: post.frags,
             bytes: post.bytes,
             repair,
+            sig: post.sig,
             nick: post.nick.clone(),
             chunk: chunk.to_vec(),
         })

@@ -4,6 +4,7 @@
 //!
 //! - [`wire`]: the sealed frame (data, nack, session, join, leave).
 //! - [`seal`]: a private activity's key sealed to one invitee.
+//! - [`signed`]: posts signed by their posters (the key proves membership, not authorship).
 //! - [`group`]: one activity's state machine: per-sender sequence numbers, NACKs after a short
 //!   random delay with suppression, repair by any member that holds the data, compact session
 //!   messages (each sender's high-water mark) when something changed and rarely otherwise,
@@ -17,6 +18,7 @@
 
 pub mod group;
 pub mod seal;
+pub mod signed;
 pub mod wire;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -102,6 +104,8 @@ pub struct Post {
     /// Bytes rather than text.
     pub bytes: bool,
     pub body: Vec<u8>,
+    /// Its poster's signature ([`signed`]), checked on every copy, repair and history.
+    pub sig: [u8; 64],
 }
 
 /// What must be stored.
@@ -240,6 +244,7 @@ pub struct Activities {
 
 /// What a group asks of the engine around it while it handles an input.
 pub(crate) struct Out<'a> {
+    pub me: &'a Identity,
     pub nick: &'a str,
     pub rng: &'a mut StdRng,
     pub next_token: &'a mut u64,
@@ -308,6 +313,7 @@ impl Activities {
         let _ = now;
         let g = self.groups.get_mut(&id)?;
         let mut out = Out {
+            me: &self.me,
             nick: &self.nick,
             rng: &mut self.rng,
             next_token: &mut self.next_token,

@@ -468,6 +468,7 @@ fn a_private_activity_is_unadvertised_unreadable_to_outsiders_and_their_forgerie
             frags: 1,
             bytes: false,
             repair: false,
+            sig: [0; 64],
             nick: "carol".into(),
             chunk: b"forged".to_vec(),
         }),
@@ -654,8 +655,9 @@ fn a_member_whose_store_fails_for_a_while_ends_with_the_complete_log() {
     assert!(complete(&keys(&net, 2, &a)));
 }
 
-/// A key holder's post at the top of the Lamport range does not stop the next posts: they are
-/// capped there and still reach everyone (the order stays total: sender, then seq).
+/// A key holder's signed post at the top of the Lamport range moves nobody's clock there: the
+/// next posts still reach everyone, numbered far below it (issue 15, attack 3: one such post
+/// capped everyone's clock).
 #[test]
 fn a_post_at_the_top_of_the_lamport_range_does_not_stop_the_next_ones() {
     let mut net = net(2, 14);
@@ -663,24 +665,8 @@ fn a_post_at_the_top_of_the_lamport_range_does_not_stop_the_next_ones() {
     net.run_for(Duration::from_secs(2));
     join(&mut net, 1, "top").expect("join");
     net.run_for(Duration::from_millis(200));
-    let frame = wire::Repr {
-        activity: a.id,
-        sender: [9; 32],
-        body: wire::Body::Data(wire::Data {
-            pkt: 1,
-            post: 1,
-            lamport: wire::MAX_SEQ - 1,
-            at_ms: 1,
-            frag: 0,
-            frags: 1,
-            bytes: false,
-            repair: false,
-            nick: "mallory".into(),
-            chunk: b"top".to_vec(),
-        }),
-    }
-    .emit(&a.key, &[3; 24])
-    .unwrap();
+    let mallory = crate::identity::Identity::from_secret([9; 32]);
+    let frame = signed_frame(&a, &mallory, &mallory, 1, wire::MAX_SEQ - 1, b"top");
     let src = std::net::SocketAddr::new(std::net::IpAddr::V4([10, 0, 0, 99].into()), a.port);
     for i in 0..2 {
         net.inject(i, crate::node::Channel::Activity(a.id), src, &frame);
@@ -698,9 +684,18 @@ fn a_post_at_the_top_of_the_lamport_range_does_not_stop_the_next_ones() {
         log(&net, 1, &a)
     );
     assert_eq!(keys(&net, 0, &a), keys(&net, 1, &a));
-    assert!(keys(&net, 0, &a)
-        .iter()
-        .all(|(_, _, l)| *l == wire::MAX_SEQ - 1));
+    for i in 0..2 {
+        let after = net.stores[i]
+            .log(a.id)
+            .into_iter()
+            .filter(|p| p.body != b"top")
+            .map(|p| p.lamport)
+            .max();
+        assert!(
+            after.is_some_and(|l| l <= group::MAX_LAMPORT_JUMP + 10),
+            "clock moved to {after:?}"
+        );
+    }
 }
 
 /// Frames captured and sent again (no key needed) are dropped and counted, whatever their
@@ -762,4 +757,71 @@ fn a_newcomer_counts_every_member_within_a_second() {
         "{} members",
         net.host(3).activities(net.now)[0].members
     );
+}
+
+/// A data frame of one-fragment post number `seq` in `sender`'s name, signed by `signer`, sealed
+/// with the activity's key (what any member can send).
+fn signed_frame(
+    a: &ActivityInfo,
+    sender: &crate::identity::Identity,
+    signer: &crate::identity::Identity,
+    seq: u64,
+    lamport: u64,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut post = Post {
+        activity: a.id,
+        sender: sender.public(),
+        nick: "someone".into(),
+        seq,
+        first_pkt: seq,
+        frags: 1,
+        lamport,
+        at_ms: 1,
+        bytes: false,
+        body: body.to_vec(),
+        sig: [0; 64],
+    };
+    post.sig = signer.sign(&signed::signed_bytes(&post)).to_bytes();
+    let d = group::fragments(&post, false).remove(0);
+    wire::Repr {
+        activity: a.id,
+        sender: sender.public(),
+        body: wire::Body::Data(d),
+    }
+    .emit(&a.key, &[seq as u8; 24])
+    .unwrap()
+}
+
+/// Issue 15, attack 3: a member posts in another's name, first; the victim's real post was then
+/// dropped as a duplicate. Now the forgery is dropped and counted, and the real post arrives.
+#[test]
+fn a_member_cannot_post_as_another_and_the_real_post_still_arrives() {
+    let mut net = net(3, 15);
+    let a = share(&mut net, 0, "chat", false);
+    net.run_for(Duration::from_secs(2));
+    join(&mut net, 1, "chat").expect("bob joins");
+    join(&mut net, 2, "chat").expect("carol joins");
+    net.run_for(Duration::from_millis(300));
+    let alice = crate::identity::Identity::from_secret(config(0).secret);
+    let carol = crate::identity::Identity::from_secret(config(2).secret);
+    // Carol, a member, sends alice's post 1 before alice does, signed by herself.
+    let forged = signed_frame(&a, &alice, &carol, 1, 1, b"forged by carol");
+    let src = std::net::SocketAddr::new(std::net::IpAddr::V4(crate::vnet::addr(2)), a.port);
+    net.inject(1, crate::node::Channel::Activity(a.id), src, &forged);
+    net.run_for(Duration::from_millis(100));
+    assert!(log(&net, 1, &a).is_empty(), "{:?}", log(&net, 1, &a));
+    assert_eq!(
+        net.host(1)
+            .stats()
+            .activity
+            .dropped
+            .get(&DropReason::BadSignature),
+        Some(&1)
+    );
+    post(&mut net, 0, &a, "alice's own");
+    let got = net.run_until_true(Duration::from_secs(5), |net| {
+        log(net, 1, &a) == vec!["alice's own"]
+    });
+    assert!(got.is_some(), "{:?}", log(&net, 1, &a));
 }

@@ -17,8 +17,12 @@
 //!
 //! Bodies, by kind:
 //! - data: packet seq u64, post seq u64, Lamport u64, post time (Unix ms) u64, fragment u16,
-//!   fragments u16, flags u8 (bit 0: the post is bytes, bit 1: a repair), nick length u8, nick,
-//!   then the fragment's bytes.
+//!   fragments u16, flags u8 (bit 0: the post is bytes, bit 1: a repair), the poster's
+//!   signature of the whole post (64, the same in every fragment; see [`super::signed`]), nick
+//!   length u8, nick, then the fragment's bytes.
+//!
+//! The key proves membership, not authorship: any member can seal a frame naming any sender.
+//! What a data frame claims of its post counts only once the post's signature verifies.
 //! - nack: entries u16, each: sender key (32), ranges u16, each range first u64, last u64.
 //! - session: entries u16, each: sender key (32), highest packet seq held in order u64.
 //! - join: nick length u8, nick.  leave: empty.
@@ -29,12 +33,15 @@ use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 
 pub const MAGIC: &[u8; 4] = b"NBHA";
-pub const VERSION: u8 = 0;
+/// 1: data frames carry the poster's signature.
+pub const VERSION: u8 = 1;
+pub const SIGNATURE_LEN: usize = 64;
 pub const HEADER_LEN: usize = 80;
 pub const TAG_LEN: usize = 16;
 /// A frame stays within one unfragmented datagram on a 1400-byte-MTU mesh.
 pub const MAX_FRAME: usize = 1400;
-/// The body of a data frame holds this much of a post (the rest is header, fields and tag).
+/// The body of a data frame holds this much of a post (the rest is header, fields, signature,
+/// nick and tag: 80 + 37 + 64 + 41 + 1100 + 16 = 1338 bytes at most).
 pub const MAX_CHUNK: usize = 1100;
 pub const MAX_NICK: usize = 40;
 /// Entries per nack or session frame (a session with more senders is sent as several frames).
@@ -226,6 +233,8 @@ pub struct Data {
     pub bytes: bool,
     /// Sent again by someone who held it (after a nack), not by its sender's first send.
     pub repair: bool,
+    /// The poster's signature of the whole post.
+    pub sig: [u8; SIGNATURE_LEN],
     pub nick: String,
     pub chunk: Vec<u8>,
 }
@@ -395,6 +404,8 @@ impl Body {
                 if flags & !3 != 0 {
                     return Err(Error::Malformed("unknown data flags"));
                 }
+                let mut sig = [0u8; SIGNATURE_LEN];
+                sig.copy_from_slice(r.take(SIGNATURE_LEN)?);
                 let nick = r.nick()?;
                 let chunk = r.b.to_vec();
                 r.b = &[];
@@ -407,6 +418,7 @@ impl Body {
                     frags,
                     bytes: flags & 1 != 0,
                     repair: flags & 2 != 0,
+                    sig,
                     nick,
                     chunk,
                 };
@@ -472,6 +484,7 @@ impl Body {
                 body.extend_from_slice(&d.frag.to_be_bytes());
                 body.extend_from_slice(&d.frags.to_be_bytes());
                 body.push(u8::from(d.bytes) | (u8::from(d.repair) << 1));
+                body.extend_from_slice(&d.sig);
                 put_nick(&mut body, &d.nick);
                 body.extend_from_slice(&d.chunk);
             }
@@ -567,6 +580,7 @@ mod tests {
                 frags: 3,
                 bytes: true,
                 repair: false,
+                sig: [0x51; SIGNATURE_LEN],
                 nick: "alice".into(),
                 chunk,
             }),
@@ -621,7 +635,7 @@ mod tests {
             &hex[..160],
             concat!(
                 "4e424841",
-                "00",
+                "01",
                 "04",
                 "0000",
                 "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
@@ -633,8 +647,8 @@ mod tests {
         assert_eq!(&hex[160..], SEALED_JOIN_BOB, "the sealed body and tag");
     }
 
-    /// "bob" (length-prefixed) sealed under KEY and NONCE, then the tag.
-    const SEALED_JOIN_BOB: &str = "8764247976d0ea98f111e30f32ea9257970fc763";
+    /// "bob" (length-prefixed) sealed under KEY and NONCE, then the tag (over a version-1 header).
+    const SEALED_JOIN_BOB: &str = "8764247939d4f5f1787f2438e5642c7197048491";
 
     #[test]
     fn any_changed_bit_is_refused() {
