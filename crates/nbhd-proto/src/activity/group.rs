@@ -15,8 +15,12 @@
 //! - posts are stored in per-sender order, one at a time per sender, before they count; our own
 //!   are stored before they are sent.
 //!
-//! Every table is bounded (out-of-order packets per sender, cached packets, members, senders),
-//! and what is refused past a bound is counted.
+//! Every table is bounded (out-of-order packets per sender, in count and in bytes, and in bytes
+//! over all senders; cached packets; members; senders), and what is refused past a bound is
+//! counted. A full senders or members table makes room by forgetting the one heard from least
+//! lately among the strangers: keys are free to make (and to post with), so one host inventing
+//! thousands of them can crowd out other strangers, never a peer the Node knows (one presence
+//! lists with its key, which a host cannot multiply past its presence budget).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -70,6 +74,12 @@ pub const MAX_CACHE: usize = 8192;
 pub const MAX_REPAIRS_PER_NACK: usize = 256;
 /// Senders and members tracked per activity.
 pub const MAX_SENDERS: usize = 4096;
+/// Bytes held out of order for one sender: two of the largest posts (one being completed while
+/// the next one starts arriving).
+pub const MAX_SENDER_BYTES: usize = 2 * super::MAX_POST + 64 * 1024;
+/// ... and for all senders of an activity together (4,096 senders of 4,096 packets each would
+/// otherwise be about 20 GB).
+pub const MAX_HELD_BYTES: usize = 64 << 20;
 /// Packets missing from one sender beyond which the repairs arriving are a bulk transfer.
 pub const BULK: u64 = 64;
 /// Frames remembered (by nonce) to drop replays.
@@ -98,6 +108,10 @@ struct Sender {
     /// Live packets seen missing (a later one came first), and when: a repair's latency is
     /// counted from there.
     gaps: BTreeMap<u64, Instant>,
+    /// The bytes of the fragments in `buffer`.
+    bytes: usize,
+    /// When a frame of its own (not a repair of it) last came.
+    last_heard: Option<Instant>,
 }
 
 impl Sender {
@@ -109,6 +123,13 @@ impl Sender {
     /// Posts handed to the store, not yet confirmed.
     fn storing(&self) -> u64 {
         self.handed_post.saturating_sub(self.stored_post)
+    }
+
+    /// Takes packet `p` out of the buffer.
+    fn take(&mut self, p: u64) -> Option<Data> {
+        let d = self.buffer.remove(&p)?;
+        self.bytes -= d.chunk.len();
+        Some(d)
     }
 }
 
@@ -146,6 +167,8 @@ pub(crate) struct Group {
     queued_bytes: usize,
     own_storing: bool,
     senders: BTreeMap<[u8; 32], Sender>,
+    /// The bytes held in every sender's buffer.
+    held_bytes: usize,
     members: BTreeMap<[u8; 32], Member>,
     pending: BTreeMap<u64, Pending>,
     repairs: BTreeMap<([u8; 32], u64), Instant>,
@@ -180,6 +203,7 @@ impl Group {
             queued_bytes: 0,
             own_storing: false,
             senders: BTreeMap::new(),
+            held_bytes: 0,
             members: BTreeMap::new(),
             pending: BTreeMap::new(),
             repairs: BTreeMap::new(),
@@ -223,6 +247,52 @@ impl Group {
     /// Packets held out of order, over every sender.
     pub fn held_packets(&self) -> usize {
         self.senders.values().map(|s| s.buffer.len()).sum()
+    }
+
+    /// Bytes held out of order, over every sender.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// The key to forget to make room in `keys` (a full senders or members table): the one
+    /// heard from least lately among the strangers (keys no peer of ours holds); None if
+    /// every one is a peer.
+    fn evictable<'a>(
+        &self,
+        known: &std::collections::HashSet<[u8; 32]>,
+        keys: impl Iterator<Item = (&'a [u8; 32], Option<Instant>)>,
+    ) -> Option<[u8; 32]> {
+        keys.filter(|(k, _)| **k != self.me && !known.contains(*k))
+            .min_by_key(|(_, heard)| *heard)
+            .map(|(k, _)| *k)
+    }
+
+    /// Room for one more sender; false if every one tracked has posted.
+    fn room_for_sender(&mut self, out: &mut Out) -> bool {
+        if self.senders.len() < MAX_SENDERS {
+            return true;
+        }
+        let victim = self.evictable(
+            out.known,
+            self.senders.iter().map(|(k, s)| (k, s.last_heard)),
+        );
+        let Some(victim) = victim else {
+            self.drop_input(
+                out,
+                DropReason::TableFull,
+                format!("more than {MAX_SENDERS} senders, every one a peer"),
+            );
+            return false;
+        };
+        if let Some(s) = self.senders.remove(&victim) {
+            self.held_bytes -= s.bytes;
+        }
+        self.drop_input(
+            out,
+            DropReason::TableFull,
+            format!("{MAX_SENDERS} senders: the stranger heard least lately forgotten"),
+        );
+        true
     }
 
     /// Members heard from lately, ourselves included.
@@ -532,12 +602,31 @@ impl Group {
             return true;
         }
         if self.members.len() >= MAX_SENDERS {
+            let victim = self.evictable(
+                out.known,
+                self.members.iter().map(|(k, m)| (k, Some(m.last_heard))),
+            );
+            let Some(victim) = victim else {
+                self.drop_input(
+                    out,
+                    DropReason::TableFull,
+                    format!("more than {MAX_SENDERS} members, every one a peer"),
+                );
+                return false;
+            };
+            if let Some(m) = self.members.remove(&victim) {
+                out.events.push_back(Event::Member {
+                    activity: self.info.id,
+                    key: victim,
+                    nick: m.nick,
+                    change: MemberChange::Silent,
+                });
+            }
             self.drop_input(
                 out,
                 DropReason::TableFull,
-                format!("more than {MAX_SENDERS} members"),
+                format!("{MAX_SENDERS} members: the stranger heard least lately forgotten"),
             );
-            return false;
         }
         let nick = nick.unwrap_or_default();
         self.members.insert(
@@ -593,36 +682,45 @@ impl Group {
         if d.repair {
             self.note_sent(now, (sender, d.pkt));
         }
-        if !self.senders.contains_key(&sender) && self.senders.len() >= MAX_SENDERS {
-            return self.drop_input(
-                out,
-                DropReason::TableFull,
-                format!("more than {MAX_SENDERS} senders"),
-            );
-        }
-        let s = self.senders.entry(sender).or_insert_with(|| Sender {
-            nack_rto: NACK_RTO_FIRST,
-            ..Sender::default()
-        });
-        if d.pkt <= s.handed || s.buffer.contains_key(&d.pkt) {
-            // A copy (a repair for someone else, or a replay): already held.
-            out.stats.duplicates += 1;
-            return;
-        }
         // A whole post in one packet is checked before it takes its slot, so a forgery never
         // keeps the genuine post out; a longer one is checked once complete (advance_one).
-        if d.frags == 1 && !signed::verify(&assemble(self.info.id, sender, &[d.clone()])) {
+        if d.frags == 1 && !signed::verify(&assemble(self.info.id, sender, std::slice::from_ref(&d))) {
             return self.drop_input(
                 out,
                 DropReason::BadSignature,
                 format!("post {} not signed by its sender: dropped", d.post),
             );
         }
+        if !self.senders.contains_key(&sender) && !self.room_for_sender(out) {
+            return;
+        }
+        let s = self.senders.entry(sender).or_insert_with(|| Sender {
+            nack_rto: NACK_RTO_FIRST,
+            ..Sender::default()
+        });
+        if !d.repair {
+            s.last_heard = Some(now);
+        }
+        if d.pkt <= s.handed || s.buffer.contains_key(&d.pkt) {
+            // A copy (a repair for someone else, or a replay): already held.
+            out.stats.duplicates += 1;
+            return;
+        }
         if s.buffer.len() >= MAX_BUFFER {
             return self.drop_input(
                 out,
                 DropReason::TableFull,
                 format!("more than {MAX_BUFFER} packets held out of order"),
+            );
+        }
+        let len = d.chunk.len();
+        if s.bytes + len > MAX_SENDER_BYTES || self.held_bytes + len > MAX_HELD_BYTES {
+            return self.drop_input(
+                out,
+                DropReason::TableFull,
+                format!(
+                    "over {MAX_SENDER_BYTES} bytes held for one sender or {MAX_HELD_BYTES} for all"
+                ),
             );
         }
         if let Some(seen) = s.gaps.remove(&d.pkt) {
@@ -666,6 +764,8 @@ impl Group {
                 *t = (*t).max(now + NACK_RTO_FIRST);
             }
         }
+        s.bytes += len;
+        self.held_bytes += len;
         s.buffer.insert(d.pkt, d.clone());
         self.remember(d, sender);
         self.advance(now, out, sender);
@@ -692,7 +792,9 @@ impl Group {
         let (post_seq, frags) = (first.post, first.frags);
         let consistent = first.frag == 0 && post_seq == s.handed_post + 1;
         if !consistent {
-            s.buffer.remove(&next);
+            if let Some(d) = s.take(next) {
+                self.held_bytes -= d.chunk.len();
+            }
             let expected = s.handed_post + 1;
             self.drop_input(
                 out,
@@ -710,7 +812,8 @@ impl Group {
         if !complete {
             return false;
         }
-        let parts: Vec<Data> = (next..=last).filter_map(|p| s.buffer.remove(&p)).collect();
+        let parts: Vec<Data> = (next..=last).filter_map(|p| s.take(p)).collect();
+        self.held_bytes -= parts.iter().map(|d| d.chunk.len()).sum::<usize>();
         let post = assemble(self.info.id, sender, &parts);
         // A post of one fragment was verified as it came (see on_data).
         if frags > 1 && !signed::verify(&post) {
@@ -841,7 +944,7 @@ impl Group {
             if *sender == self.me {
                 continue;
             }
-            if !self.senders.contains_key(sender) && self.senders.len() >= MAX_SENDERS {
+            if !self.senders.contains_key(sender) && !self.room_for_sender(out) {
                 continue;
             }
             let s = self.senders.entry(*sender).or_insert_with(|| Sender {

@@ -21,7 +21,7 @@ pub mod seal;
 pub mod signed;
 pub mod wire;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -225,6 +225,9 @@ pub struct Restored {
 
 pub struct Activities {
     me: Identity,
+    /// Keys of the peers presence lists (unflagged): never evicted from a full table for a
+    /// stranger's key.
+    known: HashSet<[u8; 32]>,
     nick: String,
     groups: BTreeMap<ActivityId, Group>,
     /// Public activities others advertise, not (or not yet) joined.
@@ -245,6 +248,8 @@ pub struct Activities {
 /// What a group asks of the engine around it while it handles an input.
 pub(crate) struct Out<'a> {
     pub me: &'a Identity,
+    /// Keys of the peers the Node knows (see [`Activities::set_known_peers`]).
+    pub known: &'a HashSet<[u8; 32]>,
     pub nick: &'a str,
     pub rng: &'a mut StdRng,
     pub next_token: &'a mut u64,
@@ -266,6 +271,7 @@ impl Activities {
     ) -> Activities {
         let mut a = Activities {
             me,
+            known: HashSet::new(),
             nick: nick.to_string(),
             groups: BTreeMap::new(),
             advertised: BTreeMap::new(),
@@ -314,6 +320,7 @@ impl Activities {
         let g = self.groups.get_mut(&id)?;
         let mut out = Out {
             me: &self.me,
+            known: &self.known,
             nick: &self.nick,
             rng: &mut self.rng,
             next_token: &mut self.next_token,
@@ -327,20 +334,27 @@ impl Activities {
         Some(f(g, &mut out))
     }
 
+    /// The keys of the peers the Node knows now.
+    pub fn set_known_peers(&mut self, keys: HashSet<[u8; 32]>) {
+        self.known = keys;
+    }
+
     pub fn set_nick(&mut self, nick: &str) {
         self.nick = nick.to_string();
     }
 
     /// Its bounded tables, summed over activities: (name, entries now, bound per activity).
     pub fn tables(&self) -> Vec<(&'static str, usize, usize)> {
-        let (mut members, mut held) = (0, 0);
+        let (mut members, mut held, mut bytes) = (0, 0, 0);
         for g in self.groups.values() {
             members += g.member_count();
             held += g.held_packets();
+            bytes += g.held_bytes();
         }
         vec![
             ("activity-members", members, group::MAX_SENDERS),
             ("activity-held-packets", held, group::MAX_BUFFER),
+            ("activity-held-bytes", bytes, group::MAX_HELD_BYTES),
         ]
     }
 

@@ -825,3 +825,106 @@ fn a_member_cannot_post_as_another_and_the_real_post_still_arrives() {
     });
     assert!(got.is_some(), "{:?}", log(&net, 1, &a));
 }
+
+/// What a member shows of `a`'s table `name`: (entries now, bound).
+fn table(net: &Vnet<Node>, i: usize, name: &str) -> (usize, usize) {
+    net.host(i)
+        .tables()
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, now, bound)| (now, bound))
+        .expect("a table of that name")
+}
+
+/// Issue 15, attack 4: keys are free, and the members table never shrank, so a host inventing
+/// thousands of them locked a real newcomer out. Now a full table forgets a stranger, never a
+/// peer presence lists.
+#[test]
+fn a_stranger_with_thousands_of_keys_cannot_lock_a_peer_out_of_an_activity() {
+    let mut net = net(3, 16);
+    let a = share(&mut net, 0, "open", false);
+    net.run_for(Duration::from_secs(2));
+    let src = std::net::SocketAddr::new(std::net::IpAddr::V4([10, 0, 0, 99].into()), a.port);
+    for n in 0..group::MAX_SENDERS as u32 + 10 {
+        let mut secret = [7u8; 32];
+        secret[..4].copy_from_slice(&n.to_be_bytes());
+        let key = crate::identity::Identity::from_secret(secret).public();
+        let mut nonce = [0u8; 24];
+        nonce[..4].copy_from_slice(&n.to_be_bytes());
+        let join = wire::Repr {
+            activity: a.id,
+            sender: key,
+            body: wire::Body::Join {
+                nick: format!("sybil{n}"),
+            },
+        }
+        .emit(&a.key, &nonce)
+        .unwrap();
+        net.inject(0, crate::node::Channel::Activity(a.id), src, &join);
+    }
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(table(&net, 0, "activity-members").0, group::MAX_SENDERS);
+    join(&mut net, 2, "open").expect("carol joins");
+    net.run_for(Duration::from_millis(300));
+    post(&mut net, 2, &a, "carol is here");
+    let got = net.run_until_true(Duration::from_secs(5), |net| {
+        log(net, 0, &a) == vec!["carol is here"]
+    });
+    assert!(got.is_some(), "{:?}", log(&net, 0, &a));
+}
+
+/// Issue 15, attack 4: one sender's packets held out of order (a gap before them) were bounded
+/// only in count (4,096 per sender, of 4,096 senders). Now in bytes too, per sender and in all.
+#[test]
+fn one_sender_cannot_make_a_member_hold_more_than_its_byte_quota() {
+    let mut net = net(2, 17);
+    let a = share(&mut net, 0, "big", false);
+    net.run_for(Duration::from_secs(2));
+    let mallory = crate::identity::Identity::from_secret([9; 32]);
+    let src = std::net::SocketAddr::new(std::net::IpAddr::V4([10, 0, 0, 99].into()), a.port);
+    // Posts 2, 3 and 4 of a megabyte each, post 1 never sent: all held, waiting for it.
+    let mut n = 0u32;
+    let mut first_pkt = 1 + wire::MAX_FRAGS as u64;
+    for seq in 2..=4 {
+        let post = Post {
+            activity: a.id,
+            sender: mallory.public(),
+            nick: "mallory".into(),
+            seq,
+            first_pkt,
+            frags: wire::MAX_FRAGS,
+            lamport: seq,
+            at_ms: 1,
+            bytes: true,
+            body: vec![0x55; MAX_POST],
+            sig: [0; 64],
+        };
+        first_pkt += wire::MAX_FRAGS as u64;
+        for d in group::fragments(&post, false) {
+            n += 1;
+            let mut nonce = [1u8; 24];
+            nonce[..4].copy_from_slice(&n.to_be_bytes());
+            let frame = wire::Repr {
+                activity: a.id,
+                sender: mallory.public(),
+                body: wire::Body::Data(d),
+            }
+            .emit(&a.key, &nonce)
+            .unwrap();
+            net.inject(0, crate::node::Channel::Activity(a.id), src, &frame);
+        }
+    }
+    let (held, bound) = table(&net, 0, "activity-held-bytes");
+    assert!(held <= group::MAX_SENDER_BYTES, "{held} bytes held");
+    assert!(held >= MAX_POST, "it holds what fits: {held}");
+    assert_eq!(bound, group::MAX_HELD_BYTES);
+    let full = net
+        .host(0)
+        .stats()
+        .activity
+        .dropped
+        .get(&DropReason::TableFull)
+        .copied()
+        .unwrap_or(0);
+    assert!(full > 0, "the rest refused and counted");
+}

@@ -336,7 +336,19 @@ impl Node {
                 .collect();
             self.advertised_by.insert(p.id.clone(), acts);
             self.refresh_advertised();
+            self.refresh_known_peers();
         }
+    }
+
+    /// The keys of the peers we know, for the activities' full tables.
+    fn refresh_known_peers(&mut self) {
+        let keys = self
+            .routes
+            .keys()
+            .filter_map(|id| self.messages.peer(id))
+            .map(|p| p.key)
+            .collect();
+        self.activities.set_known_peers(keys);
     }
 
     /// True while presence lists `instance` with the key `id`.
@@ -376,6 +388,7 @@ impl Node {
         if self.advertised_by.remove(id).is_some() {
             self.refresh_advertised();
         }
+        self.refresh_known_peers();
     }
 
     /// Drains every engine into the Node's outputs, and publishes path changes.
