@@ -3,7 +3,10 @@
 //! One [`Request`] per line as JSON; one reply per line, `{"ok": true, "result": <Reply>}` or
 //! `{"ok": false, "error": "...", "kind": "usage"|"not-found"|"failed"}`. `events` replies `{"ok": true}`
 //! and then streams one [`Event`] per line until the client hangs up. A Unix socket (not TCP) so
-//! that several daemons can run in one namespace and file permissions guard it.
+//! that several daemons can run in one namespace, and so that the kernel tells who is calling:
+//! the socket is 0600 in a 0700 dir, and besides, a caller whose uid (`SO_PEERCRED`) is neither
+//! the daemon's nor root's is refused before it is read (threat model, the local user: a mode
+//! loosened by hand must not hand the daemon to everyone on the machine).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -43,16 +46,51 @@ pub async fn serve(
     requests: mpsc::Sender<Pending>,
     events: broadcast::Sender<Event>,
 ) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let owner = unsafe { libc::geteuid() };
+    let mut refused = 0u64;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        let caller = stream.peer_cred().ok();
+        if let Some(why) = refusal(owner, caller.map(|c| c.uid())) {
+            refused += 1;
+            // The first, then one in REFUSED_LOG_EVERY: a local loop of connections cannot
+            // flood the log.
+            if refused % REFUSED_LOG_EVERY == 1 {
+                tracing::warn!(
+                    pid = caller.and_then(|c| c.pid()).unwrap_or(0),
+                    refused,
+                    "control connection refused: {why}"
+                );
+            }
+            // One line saying why (the socket is non-blocking and fresh: it fits), then closed.
+            let line = format!("{}\n", failure(&ErrorReply::failed(why)));
+            let _ = stream.try_write(line.as_bytes());
+            continue;
+        }
         let (requests, events) = (requests.clone(), events.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_one(stream, requests, events).await {
                 tracing::debug!("control connection ended: {e}");
             }
         });
+    }
+}
+
+/// Refused control connections logged: the first, then one in this many.
+const REFUSED_LOG_EVERY: u64 = 1000;
+
+/// Why a caller may not use the control socket, if it may not: only the daemon's own uid and
+/// root (who can read the data dir anyway) are served; a caller the kernel did not name, never.
+fn refusal(owner: libc::uid_t, caller: Option<libc::uid_t>) -> Option<String> {
+    match caller {
+        Some(uid) if uid == owner || uid == 0 => None,
+        Some(uid) => Some(format!(
+            "this daemon serves only its owner (uid {owner}); the caller is uid {uid}"
+        )),
+        None => Some("the caller's credentials could not be read".into()),
     }
 }
 
@@ -109,6 +147,18 @@ async fn write_line(wr: &mut tokio::net::unix::OwnedWriteHalf, v: &Value) -> std
     wr.write_all(s.as_bytes()).await
 }
 
+/// A reply that is not `ok`, as the CLI's error: [`DaemonError::Usage`] (exit 2) or
+/// [`DaemonError::NotFound`] (exit 1) or [`DaemonError::Other`].
+fn refused(reply: Value) -> DaemonError {
+    let e: ErrorReply = serde_json::from_value(reply.clone())
+        .unwrap_or_else(|_| ErrorReply::not_found(format!("the daemon refused: {reply}")));
+    match e.kind {
+        ErrorKind::Usage => DaemonError::Usage(e.error),
+        ErrorKind::NotFound => DaemonError::NotFound(e.error),
+        ErrorKind::Failed => DaemonError::Other(e.error),
+    }
+}
+
 /// The CLI's side: a blocking client.
 pub struct Client {
     reader: BufReader<UnixStream>,
@@ -132,9 +182,23 @@ impl Client {
     fn send(&mut self, req: &Request) -> Result<(), DaemonError> {
         let mut s = serde_json::to_string(req).map_err(|e| DaemonError::other("request", e))?;
         s.push('\n');
-        self.writer
-            .write_all(s.as_bytes())
-            .map_err(|e| DaemonError::other("control socket", e))
+        match self.writer.write_all(s.as_bytes()) {
+            Ok(()) => Ok(()),
+            // A daemon that refuses this caller writes why and closes without reading: its
+            // reason, still waiting to be read, says more than the broken pipe.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                match self.read() {
+                    Ok(Some(reply)) => Err(refused(reply)),
+                    _ => Err(DaemonError::other("control socket", e)),
+                }
+            }
+            Err(e) => Err(DaemonError::other("control socket", e)),
+        }
     }
 
     fn read(&mut self) -> Result<Option<Value>, DaemonError> {
@@ -161,13 +225,7 @@ impl Client {
         if reply.get("ok").and_then(Value::as_bool) == Some(true) {
             return Ok(reply.get("result").cloned().unwrap_or(Value::Null));
         }
-        let e: ErrorReply = serde_json::from_value(reply.clone())
-            .unwrap_or_else(|_| ErrorReply::not_found(format!("the daemon refused: {reply}")));
-        Err(match e.kind {
-            ErrorKind::Usage => DaemonError::Usage(e.error),
-            ErrorKind::NotFound => DaemonError::NotFound(e.error),
-            ErrorKind::Failed => DaemonError::Other(e.error),
-        })
+        Err(refused(reply))
     }
 
     /// Follows events, calling `each` per event until the daemon goes away or `each` says stop.

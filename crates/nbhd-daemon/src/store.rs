@@ -21,6 +21,7 @@ use nbhd_proto::paths::Via;
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use crate::contract::{ActivityRow, InvitationRow, MessageRow};
+use crate::datadir;
 use crate::error::DaemonError;
 
 /// Messages received before a restart whose ids are still remembered (without their text: the
@@ -152,6 +153,15 @@ fn to_v3(tx: &Transaction) -> rusqlite::Result<()> {
 impl Store {
     pub fn open(path: &Path) -> Result<Store, DaemonError> {
         let ctx = |e: rusqlite::Error| DaemonError::other(&format!("store {}", path.display()), e);
+        let private = |e: std::io::Error| DaemonError::other("store", e);
+        // The store holds the identity key, activity keys and messages: its owner's only.
+        // SQLite would create it 0644; created here 0600, its `-wal` and `-shm` follow the
+        // mode of the store (SQLite gives them the store's), and ones left wider are narrowed.
+        datadir::create_private(path).map_err(private)?;
+        for suffix in ["-wal", "-shm"] {
+            datadir::tighten(&datadir::sidecar(path, suffix), datadir::FILE_MODE)
+                .map_err(private)?;
+        }
         let mut conn = Connection::open(path).map_err(ctx)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(ctx)?;

@@ -200,7 +200,8 @@ fn main() -> ExitCode {
     match run(cli, dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nbhd: {e}");
+            // An error may quote a peer's name: cleaned as stdout is.
+            eprintln!("nbhd: {}", print::clean(&e.to_string()));
             ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -306,14 +307,13 @@ fn run(cli: Cli, dir: DataDir) -> Result<(), DaemonError> {
             )
         }
         Command::Log { activity, follow } => log(&dir, activity, follow, json),
+        // A closed stdout (`nbhd events | head`) ends the stream quietly.
         Command::Events => Client::connect(&dir)?.follow(|ev| {
-            let line = if json {
-                serde_json::to_string(&ev).unwrap_or_default()
+            if json {
+                print::json_line(&serde_json::to_string(&ev).unwrap_or_default())
             } else {
-                print::event(&ev)
-            };
-            // A closed stdout (`nbhd events | head`) ends the stream quietly.
-            print::line(&line)
+                print::line(&print::event(&ev))
+            }
         }),
         Command::Trace {
             captures,
@@ -408,7 +408,7 @@ fn log(dir: &DataDir, activity: String, follow: bool, json: bool) -> Result<(), 
             return true;
         }
         if json {
-            print::line(&serde_json::to_string(row).unwrap_or_default())
+            print::json_line(&serde_json::to_string(row).unwrap_or_default())
         } else {
             print::line(&print::log_line(row))
         }

@@ -1,7 +1,12 @@
 //! Printing for people: one printer per reply of the contract, and one line per event kind.
 //! Everything goes through [`line()`], so a closed stdout (`nbhd status | head -1`) ends the
-//! command quietly with status 0 instead of a panic.
+//! command quietly with status 0 instead of a panic, and so that no character a terminal
+//! would obey reaches it: nicks, names, posts and messages are anyone's text, and an escape
+//! sequence in them could retitle the window, write the clipboard (OSC 52), move the cursor
+//! over other lines, or reorder what follows (bidi overrides). [`clean`] shows them escaped.
+//! Machine output (`--json`) is left as serde writes it ([`json`], [`json_line`]).
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use nbhd_daemon::contract::{
@@ -11,9 +16,13 @@ use nbhd_daemon::contract::{
 use nbhd_daemon::DataDir;
 use serde_json::Value;
 
-/// Writes one line to stdout; false once stdout is closed. A closed stdout is the reader
-/// saying it has seen enough: the process ends there, quietly and successfully.
+/// Writes one line to stdout, [`clean`]ed; false once stdout is closed. A closed stdout is the
+/// reader saying it has seen enough: the process ends there, quietly and successfully.
 pub fn line(s: &str) -> bool {
+    raw_line(&clean(s))
+}
+
+fn raw_line(s: &str) -> bool {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{s}").and_then(|_| out.flush()) {
         Ok(()) => true,
@@ -22,16 +31,79 @@ pub fn line(s: &str) -> bool {
     }
 }
 
+/// Text of several lines, each one [`clean`]ed.
 pub fn text(s: &str) {
-    line(s.trim_end_matches('\n'));
+    for l in s.trim_end_matches('\n').lines() {
+        if !line(l) {
+            return;
+        }
+    }
 }
 
 pub fn json(v: &Value) {
-    line(&v.to_string());
+    raw_line(&v.to_string());
 }
 
-/// Lines of cells, each column as wide as its widest cell.
+/// One JSON document already written (`events --json`, `log --follow --json`), as it is:
+/// serde escaped its strings' C0 controls, and cleaning it further would break its syntax.
+pub fn json_line(s: &str) -> bool {
+    raw_line(s)
+}
+
+/// True for a character a terminal acts on instead of showing: the C0 controls (newline and
+/// tab too), DEL and the C1 controls (U+0080 to U+009F: U+009B alone starts a CSI sequence in
+/// some terminals), the bidirectional overrides, embeddings and isolates (U+202A to U+202E,
+/// U+2066 to U+2069) and marks (U+061C, U+200E, U+200F) that reorder what follows them
+/// ("Trojan Source", CVE-2021-42574), and the line and paragraph separators.
+fn obeyed(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+}
+
+/// `s` with each character a terminal would obey shown escaped, as Rust writes it (`\n`,
+/// `\t`, `\u{1b}`, `\u{202e}`). A newline too: every printer prints one item a line, and a
+/// newline in a post or a nick would start a line that looks like another post, another peer
+/// or our own output. Backslashes are left alone: doubling them would disfigure ordinary text,
+/// and text that spells `\n` cannot break a line either.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(obeyed) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if obeyed(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Lines of cells, each column as wide as its widest cell (once [`clean`]ed, so that an escaped
+/// cell keeps its column straight).
 fn table(head: &[&str], rows: &[Vec<String>]) {
+    for l in table_lines(head, rows) {
+        if !line(&l) {
+            return;
+        }
+    }
+}
+
+fn table_lines(head: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<Cow<str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
     let widths: Vec<usize> = (0..head.len())
         .map(|i| {
             rows.iter()
@@ -51,10 +123,12 @@ fn table(head: &[&str], rows: &[Vec<String>]) {
             .trim_end()
             .to_string()
     };
-    line(&render(head.to_vec()));
-    for r in rows {
-        line(&render(r.iter().map(String::as_str).collect()));
-    }
+    let mut lines = vec![render(head.to_vec())];
+    lines.extend(
+        rows.iter()
+            .map(|r| render(r.iter().map(|c| c.as_ref()).collect())),
+    );
+    lines
 }
 
 fn short(id: &str) -> String {
@@ -106,7 +180,7 @@ pub fn status(s: &StatusReply, dir: &DataDir) {
 }
 
 pub fn stats(s: StatsReply) {
-    line(&serde_json::to_string_pretty(&s).unwrap_or_default());
+    text(&serde_json::to_string_pretty(&s).unwrap_or_default());
 }
 
 pub fn invitations(rows: Vec<InvitationRow>) {
@@ -331,5 +405,67 @@ pub fn event(ev: &Event) -> String {
                 "lagged"
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{clean, table_lines};
+
+    #[test]
+    fn what_a_terminal_would_obey_is_shown_escaped_and_the_rest_kept() {
+        for (hostile, shown) in [
+            // A window title, then the clipboard (OSC 52), each ended by BEL.
+            ("\x1b]0;owned\x07", "\\u{1b}]0;owned\\u{7}"),
+            (
+                "\x1b]52;c;Y3VybCBldmlsfHNo\x07",
+                "\\u{1b}]52;c;Y3VybCBldmlsfHNo\\u{7}",
+            ),
+            // Clear the screen, by ESC [ and by the one-character C1 CSI.
+            ("\x1b[2J", "\\u{1b}[2J"),
+            ("\u{9b}2J", "\\u{9b}2J"),
+            ("\u{80}\u{9f}\x7f\0", "\\u{80}\\u{9f}\\u{7f}\\u{0}"),
+            // A line that would pass for another post, and one overwritten from its start.
+            ("hi\nbob: I owe alice 100", "hi\\nbob: I owe alice 100"),
+            ("hi\rbob", "hi\\rbob"),
+            ("a\tb", "a\\tb"),
+            // Right-to-left override and isolates reorder what follows them.
+            ("abc\u{202e}fed", "abc\\u{202e}fed"),
+            (
+                "\u{202a}\u{202b}\u{202c}\u{202d}\u{2066}\u{2067}\u{2068}\u{2069}",
+                "\\u{202a}\\u{202b}\\u{202c}\\u{202d}\\u{2066}\\u{2067}\\u{2068}\\u{2069}",
+            ),
+            (
+                "\u{200e}\u{200f}\u{61c}\u{2028}\u{2029}",
+                "\\u{200e}\\u{200f}\\u{61c}\\u{2028}\\u{2029}",
+            ),
+        ] {
+            assert_eq!(clean(hostile), shown, "{hostile:?}");
+            assert!(
+                !clean(hostile).chars().any(|c| c.is_control()),
+                "{hostile:?}"
+            );
+        }
+        // Ordinary text, in any script, with quotes and backslashes, is printed as it is.
+        for kept in ["Zoé 🎲 象棋 שלום", r#"C:\path "q" 'a' \n"#, ""] {
+            assert!(matches!(clean(kept), std::borrow::Cow::Borrowed(s) if s == kept));
+        }
+    }
+
+    #[test]
+    fn an_escaped_cell_keeps_its_table_straight() {
+        let rows = vec![
+            vec!["\x1b[8mmallory\x1b[0m".to_string(), "ab12".to_string()],
+            vec!["bob".to_string(), "cd34".to_string()],
+        ];
+        let lines = table_lines(&["NICK", "ID"], &rows);
+        assert!(lines.iter().all(|l| !l.contains('\x1b')), "{lines:?}");
+        assert_eq!(lines[1], "\\u{1b}[8mmallory\\u{1b}[0m  ab12");
+        let id_column: Vec<Option<usize>> = ["ID", "ab12", "cd34"]
+            .iter()
+            .zip(&lines)
+            .map(|(cell, l)| l.find(cell))
+            .collect();
+        assert!(id_column.iter().all(|c| *c == id_column[0]), "{lines:?}");
     }
 }

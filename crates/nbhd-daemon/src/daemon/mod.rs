@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::contract::{ErrorReply, Event, Reply};
 use crate::control::{self, Pending};
-use crate::datadir::DataDir;
+use crate::datadir::{self, DataDir};
 use crate::error::DaemonError;
 use crate::ifaces::{self, Iface};
 use crate::store::Store;
@@ -151,6 +151,15 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&sock_path); // a stale one; the lock proves nobody serves it
     let control = UnixListener::bind(&sock_path)
         .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
+    // bind(2) gives the socket 0777 less the umask. Narrowed before anything is accepted;
+    // the umask is not narrowed around bind instead, because it is the whole process's. A
+    // connection made in between reached it through the 0700 dir, and control::serve checks
+    // every caller's uid anyway.
+    std::fs::set_permissions(
+        &sock_path,
+        std::os::unix::fs::PermissionsExt::from_mode(datadir::FILE_MODE),
+    )
+    .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
     let api_listener = api::bind(opts.api).await.map_err(|e| {
         DaemonError::Usage(format!(
             "cannot listen for the API on {}: {e}; choose another with --api",
@@ -163,8 +172,12 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::other("API listener", e))?;
     let token = load_or_create_token(&dir)?;
     let api_url = format!("http://{api_addr}/");
-    dir.write_file(&dir.api_file(), format!("{api_url}\n").as_bytes(), 0o644)
-        .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
+    dir.write_file(
+        &dir.api_file(),
+        format!("{api_url}\n").as_bytes(),
+        datadir::FILE_MODE,
+    )
+    .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
 
     let host = nix::unistd::gethostname()
         .ok()
@@ -338,8 +351,12 @@ fn load_or_create_token(dir: &DataDir) -> Result<String, DaemonError> {
     let mut raw = [0u8; 24];
     getrandom::getrandom(&mut raw).map_err(|e| DaemonError::other("OS randomness", e))?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    dir.write_file(&dir.token_file(), format!("{token}\n").as_bytes(), 0o600)
-        .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
+    dir.write_file(
+        &dir.token_file(),
+        format!("{token}\n").as_bytes(),
+        datadir::FILE_MODE,
+    )
+    .map_err(|e| DaemonError::DataDirUnwritable(dir.path.clone(), e))?;
     Ok(token)
 }
 
