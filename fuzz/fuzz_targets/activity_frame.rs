@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use nbhd_proto::activity::seal;
-use nbhd_proto::activity::wire::{ActivityId, Body, Kind, Packet, Repr, MAX_FRAME};
+use nbhd_proto::activity::wire::{ActivityId, Body, ControlAuth, Kind, Packet, Repr, MAX_FRAME};
 use nbhd_proto::identity::Identity;
 
 const KEY: [u8; 32] = [7; 32];
@@ -30,10 +30,15 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(body.kind(), kind);
     assert_eq!(body.emit().as_deref(), Ok(plain), "a body is its bytes");
+    let auth = kind.is_control().then_some(ControlAuth {
+        counter: u64::from(k),
+        sig: [k; 64],
+    });
     let r = Repr {
         activity: ActivityId([k; 16]),
         sender: [k.wrapping_add(1); 32],
         body,
+        auth,
     };
     let Ok(bytes) = r.emit(&KEY, &[k; 24]) else {
         // Only a frame over MAX_FRAME may be refused.

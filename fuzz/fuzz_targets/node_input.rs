@@ -17,6 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use nbhd_proto::frame::{self, Kind};
 use nbhd_proto::identity::Identity;
 use nbhd_proto::messages::sealed::{self, Purpose, OVERHEAD};
+use nbhd_proto::activity::signed;
 use nbhd_proto::activity::wire::{Body, Kind as ActivityKind, Repr as ActivityRepr};
 use nbhd_proto::node::{Channel, Command, Config, IfaceId, Node, Restored, StreamInput};
 use nbhd_proto::presence::wire::{Message, Name, Record, RecordData};
@@ -58,6 +59,7 @@ fn announce(instance: &str, host: &str, last: u8, txt: Vec<(String, String)>) ->
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let mut now = t0;
+    let mut counter = 0u64;
     let me = Identity::from_secret([1; 32]);
     let peer = Identity::from_secret([2; 32]);
     let mut node = Node::new(
@@ -73,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
             record_ttl: None,
             seed: 1,
             entropy: [5; 32],
+            unix_ms: 1_800_000_000_000,
         },
         Restored::default(),
         now,
@@ -223,13 +226,22 @@ fuzz_target!(|data: &[u8]| {
                         ActivityKind::Leave,
                     ];
                     let kind = kinds[usize::from(arg) % kinds.len()];
+                    // Control frames signed by the peer (a member) with a growing counter, so
+                    // they reach the group; or in a stranger's name, unsigned.
+                    counter += 1;
                     let frame = Body::parse(kind, bytes)
                         .ok()
                         .and_then(|body| {
+                            let (sender, auth) = if arg % 2 == 0 && kind.is_control() {
+                                (peer.public(), signed::sign_control(&peer, &a.id, &body, counter))
+                            } else {
+                                ([arg % 3; 32], None)
+                            };
                             ActivityRepr {
                                 activity: a.id,
-                                sender: [arg % 3; 32],
+                                sender,
                                 body,
+                                auth,
                             }
                             .emit(&a.key, &[arg; 24])
                             .ok()

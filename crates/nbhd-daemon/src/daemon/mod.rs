@@ -202,6 +202,9 @@ async fn run_async(opts: UpOptions) -> Result<(), DaemonError> {
             record_ttl: opts.record_ttl,
             seed: u64::from_le_bytes(seed_bytes),
             entropy,
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         },
         // Receivers deduplicate across restarts too (DESIGN.md §4.2).
         store.restored(view::unix_ms())?,

@@ -82,7 +82,9 @@ pub const MAX_SENDER_BYTES: usize = 2 * super::MAX_POST + 64 * 1024;
 pub const MAX_HELD_BYTES: usize = 64 << 20;
 /// Packets missing from one sender beyond which the repairs arriving are a bulk transfer.
 pub const BULK: u64 = 64;
-/// Frames remembered (by nonce) to drop replays.
+/// Members whose last control counter is remembered.
+pub const MAX_COUNTERS: usize = 2 * MAX_SENDERS;
+/// Frames remembered (by nonce) to drop replays of data (control frames have counters).
 pub const REPLAY_WINDOW: usize = 8192;
 /// How far one post may move our Lamport clock (see `next_lamport`).
 pub const MAX_LAMPORT_JUMP: u64 = 1 << 32;
@@ -176,6 +178,10 @@ pub(crate) struct Group {
     loading: BTreeSet<([u8; 32], u64)>,
     cache: BTreeMap<([u8; 32], u64), Data>,
     cache_order: VecDeque<([u8; 32], u64)>,
+    /// Our last control frame's counter.
+    counter: u64,
+    /// Each member's last control counter: a control frame at or below it is a replay.
+    counters: std::collections::HashMap<[u8; 32], u64>,
     /// Nonces of the frames received lately, to drop replays.
     nonces: HashSet<[u8; 24]>,
     nonce_order: VecDeque<[u8; 24]>,
@@ -212,6 +218,8 @@ impl Group {
             cache_order: VecDeque::new(),
             recent: BTreeMap::new(),
             recent_order: VecDeque::new(),
+            counter: 0,
+            counters: std::collections::HashMap::new(),
             nonces: HashSet::new(),
             nonce_order: VecDeque::new(),
             session_at: None,
@@ -313,10 +321,19 @@ impl Group {
     /// since a packet is known by its poster and number.
     fn send_as(&mut self, out: &mut Out, sender: [u8; 32], body: Body) {
         let nonce: [u8; 24] = out.rng.gen();
+        // Our control frames carry a counter that grows across our restarts: the wall clock
+        // in microseconds, or one more than the last if the clock stood still or went back.
+        let auth = if body.kind().is_control() {
+            self.counter = (self.counter + 1).max(out.unix_us);
+            signed::sign_control(out.me, &self.info.id, &body, self.counter)
+        } else {
+            None
+        };
         let repr = wire::Repr {
             activity: self.info.id,
             sender,
             body,
+            auth,
         };
         match repr.emit(&self.info.key, &nonce) {
             Ok(bytes) => {
@@ -535,6 +552,24 @@ impl Group {
         if r.sender == self.me {
             return; // our own, back through multicast loopback
         }
+        if r.body.kind().is_control() {
+            if !signed::verify_control(&r) {
+                return self.drop_input(
+                    out,
+                    DropReason::BadSignature,
+                    "a control frame not signed by the member it names".into(),
+                );
+            }
+            let counter = r.auth.map_or(0, |a| a.counter);
+            if self.counters.get(&r.sender).is_some_and(|c| *c >= counter) {
+                return self.drop_input(
+                    out,
+                    DropReason::Replayed,
+                    "a control frame older than its sender's last".into(),
+                );
+            }
+            self.note_counter(r.sender, counter);
+        }
         // Every frame is sealed under a fresh random nonce: one seen before is a replay (of a
         // capture: it needs no key). Remembered for the last REPLAY_WINDOW frames.
         if let Some(nonce) = wire::nonce_of(bytes) {
@@ -571,6 +606,22 @@ impl Group {
                 self.join_answer_at = Some(self.join_answer_at.map_or(at, |t| t.min(at)));
             }
             Body::Leave => {}
+        }
+    }
+
+    /// The last control counter of `sender`. The table is bounded: past its bound the
+    /// smallest counters go (frames that old would hardly be replayed to anyone still here).
+    fn note_counter(&mut self, sender: [u8; 32], counter: u64) {
+        self.counters.insert(sender, counter);
+        if self.counters.len() > MAX_COUNTERS {
+            if let Some(oldest) = self
+                .counters
+                .iter()
+                .min_by_key(|(_, c)| **c)
+                .map(|(k, _)| *k)
+            {
+                self.counters.remove(&oldest);
+            }
         }
     }
 
@@ -684,7 +735,9 @@ impl Group {
         }
         // A whole post in one packet is checked before it takes its slot, so a forgery never
         // keeps the genuine post out; a longer one is checked once complete (advance_one).
-        if d.frags == 1 && !signed::verify(&assemble(self.info.id, sender, std::slice::from_ref(&d))) {
+        if d.frags == 1
+            && !signed::verify(&assemble(self.info.id, sender, std::slice::from_ref(&d)))
+        {
             return self.drop_input(
                 out,
                 DropReason::BadSignature,

@@ -225,6 +225,8 @@ pub struct Restored {
 
 pub struct Activities {
     me: Identity,
+    /// An instant and the wall clock then (Unix microseconds).
+    clock: (Instant, u64),
     /// Keys of the peers presence lists (unflagged): never evicted from a full table for a
     /// stranger's key.
     known: HashSet<[u8; 32]>,
@@ -250,6 +252,8 @@ pub(crate) struct Out<'a> {
     pub me: &'a Identity,
     /// Keys of the peers the Node knows (see [`Activities::set_known_peers`]).
     pub known: &'a HashSet<[u8; 32]>,
+    /// The wall clock now, in Unix microseconds (control frames' counters).
+    pub unix_us: u64,
     pub nick: &'a str,
     pub rng: &'a mut StdRng,
     pub next_token: &'a mut u64,
@@ -268,9 +272,11 @@ impl Activities {
         rng: StdRng,
         restored: Restored,
         now: Instant,
+        unix_ms: u64,
     ) -> Activities {
         let mut a = Activities {
             me,
+            clock: (now, unix_ms.saturating_mul(1000)),
             known: HashSet::new(),
             nick: nick.to_string(),
             groups: BTreeMap::new(),
@@ -316,11 +322,12 @@ impl Activities {
         now: Instant,
         f: impl FnOnce(&mut Group, &mut Out) -> R,
     ) -> Option<R> {
-        let _ = now;
+        let unix_us = self.unix_us(now);
         let g = self.groups.get_mut(&id)?;
         let mut out = Out {
             me: &self.me,
             known: &self.known,
+            unix_us,
             nick: &self.nick,
             rng: &mut self.rng,
             next_token: &mut self.next_token,
@@ -332,6 +339,12 @@ impl Activities {
             stats: &mut self.stats,
         };
         Some(f(g, &mut out))
+    }
+
+    /// The wall clock at `now`, in Unix microseconds, from the one the driver gave at start.
+    fn unix_us(&self, now: Instant) -> u64 {
+        let (at, unix_us) = self.clock;
+        unix_us.saturating_add(now.saturating_duration_since(at).as_micros() as u64)
     }
 
     /// The keys of the peers the Node knows now.

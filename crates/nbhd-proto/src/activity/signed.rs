@@ -10,13 +10,59 @@
 //! member repairs it and from whatever store). The signature travels in every fragment and is
 //! stored with the post; a copy, a repair or a late joiner's history counts only if it
 //! verifies.
+//!
+//! Control frames (nack, session, join, leave) are signed the same way, each with its
+//! sender's counter: [`CONTROL_DOMAIN`], the activity, the sender, the kind, the body and the
+//! counter ([`control_bytes`]).
 
 use sha2::{Digest, Sha256};
 
-use super::Post;
+use super::wire::{Body, ControlAuth, Repr};
+use super::{ActivityId, Post};
 use crate::identity::{self, Identity, Signature};
 
 pub const POST_DOMAIN: &[u8] = b"nbhd post v1\0";
+pub const CONTROL_DOMAIN: &[u8] = b"nbhd control v1\0";
+
+/// The bytes a control frame's signature covers; None for a body that cannot be sent.
+pub fn control_bytes(
+    activity: &ActivityId,
+    sender: &[u8; 32],
+    body: &Body,
+    counter: u64,
+) -> Option<Vec<u8>> {
+    let mut m = CONTROL_DOMAIN.to_vec();
+    m.extend_from_slice(&activity.0);
+    m.extend_from_slice(sender);
+    m.push(body.kind().to_byte());
+    m.extend_from_slice(&body.emit().ok()?);
+    m.extend_from_slice(&counter.to_be_bytes());
+    Some(m)
+}
+
+/// A control frame of ours, signed.
+pub fn sign_control(
+    me: &Identity,
+    activity: &ActivityId,
+    body: &Body,
+    counter: u64,
+) -> Option<ControlAuth> {
+    let bytes = control_bytes(activity, &me.public(), body, counter)?;
+    Some(ControlAuth {
+        counter,
+        sig: me.sign(&bytes).to_bytes(),
+    })
+}
+
+/// True if the frame's sender signed its body and counter.
+pub fn verify_control(r: &Repr) -> bool {
+    let Some(auth) = r.auth else {
+        return false;
+    };
+    control_bytes(&r.activity, &r.sender, &r.body, auth.counter).is_some_and(|bytes| {
+        identity::verify_key(&r.sender, &bytes, &Signature::from_bytes(&auth.sig))
+    })
+}
 
 /// The bytes a post's signature covers.
 pub fn signed_bytes(post: &Post) -> Vec<u8> {
@@ -53,7 +99,6 @@ pub fn verify(post: &Post) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activity::ActivityId;
 
     fn post(me: &Identity) -> Post {
         let mut p = Post {

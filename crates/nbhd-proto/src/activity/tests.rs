@@ -29,6 +29,7 @@ fn config(i: usize) -> Config {
         record_ttl: None,
         seed: 500 + i as u64,
         entropy: [0x80 + i as u8; 32],
+        unix_ms: 1_800_000_000_000,
     }
 }
 
@@ -458,6 +459,7 @@ fn a_private_activity_is_unadvertised_unreadable_to_outsiders_and_their_forgerie
     // Carol forges a frame for the activity with a key of her own.
     let forged = wire::Repr {
         activity: a.id,
+        auth: None,
         sender: crate::identity::Identity::from_secret([3; 32]).public(),
         body: wire::Body::Data(wire::Data {
             pkt: 1,
@@ -788,9 +790,17 @@ fn signed_frame(
         activity: a.id,
         sender: sender.public(),
         body: wire::Body::Data(d),
+        auth: None,
     }
-    .emit(&a.key, &[seq as u8; 24])
+    .emit(&a.key, &nonce_for(seq))
     .unwrap()
+}
+
+/// A nonce of its own for each `n`.
+fn nonce_for(n: u64) -> [u8; 24] {
+    let mut nonce = [0x4e; 24];
+    nonce[..8].copy_from_slice(&n.to_be_bytes());
+    nonce
 }
 
 /// Issue 15, attack 3: a member posts in another's name, first; the victim's real post was then
@@ -848,15 +858,17 @@ fn a_stranger_with_thousands_of_keys_cannot_lock_a_peer_out_of_an_activity() {
     for n in 0..group::MAX_SENDERS as u32 + 10 {
         let mut secret = [7u8; 32];
         secret[..4].copy_from_slice(&n.to_be_bytes());
-        let key = crate::identity::Identity::from_secret(secret).public();
+        let sybil = crate::identity::Identity::from_secret(secret);
         let mut nonce = [0u8; 24];
         nonce[..4].copy_from_slice(&n.to_be_bytes());
+        let body = wire::Body::Join {
+            nick: format!("sybil{n}"),
+        };
         let join = wire::Repr {
             activity: a.id,
-            sender: key,
-            body: wire::Body::Join {
-                nick: format!("sybil{n}"),
-            },
+            sender: sybil.public(),
+            auth: signed::sign_control(&sybil, &a.id, &body, 1),
+            body,
         }
         .emit(&a.key, &nonce)
         .unwrap();
@@ -908,6 +920,7 @@ fn one_sender_cannot_make_a_member_hold_more_than_its_byte_quota() {
                 activity: a.id,
                 sender: mallory.public(),
                 body: wire::Body::Data(d),
+                auth: None,
             }
             .emit(&a.key, &nonce)
             .unwrap();
@@ -927,4 +940,83 @@ fn one_sender_cannot_make_a_member_hold_more_than_its_byte_quota() {
         .copied()
         .unwrap_or(0);
     assert!(full > 0, "the rest refused and counted");
+}
+
+/// Members of `a` that host `i` counts (itself included).
+fn members(net: &Vnet<Node>, i: usize, a: &ActivityInfo) -> usize {
+    net.host(i)
+        .activities(net.now)
+        .iter()
+        .find(|s| s.info.id == a.id)
+        .map_or(0, |s| s.members)
+}
+
+/// Issue 15, attack 4: control frames were remembered by nonce for the last 8,192 frames only,
+/// so a captured Leave replayed after that removed a member who was there. Now each member's
+/// control frames carry a growing, signed counter: an old one is refused however late, and a
+/// member cannot make one in another's name.
+#[test]
+fn a_captured_leave_replayed_after_thousands_of_frames_removes_nobody() {
+    let mut net = net(3, 18);
+    let a = share(&mut net, 0, "room", false);
+    net.run_for(Duration::from_secs(2));
+    join(&mut net, 1, "room").expect("bob joins");
+    net.run_for(Duration::from_millis(300));
+    let since = net.sent.len();
+    command(
+        &mut net,
+        1,
+        Command::Leave {
+            activity: a.id.to_hex(),
+        },
+    )
+    .expect("bob leaves");
+    net.run_for(Duration::from_millis(300));
+    let bob = crate::identity::Identity::from_secret(config(1).secret).public();
+    let leave = net.sent[since..]
+        .iter()
+        .find(|s| {
+            s.from == 1
+                && wire::Repr::parse(&s.payload, &a.key)
+                    .is_ok_and(|r| r.sender == bob && r.body == wire::Body::Leave)
+        })
+        .map(|s| s.payload.clone())
+        .expect("bob's leave was sent");
+    join(&mut net, 1, "room").expect("bob is back");
+    net.run_for(Duration::from_millis(300));
+    assert_eq!(members(&net, 0, &a), 2);
+    // More than the replay window of frames since (a member's one-fragment posts).
+    let carol = crate::identity::Identity::from_secret(config(2).secret);
+    let src = std::net::SocketAddr::new(std::net::IpAddr::V4(crate::vnet::addr(2)), a.port);
+    for seq in 1..=group::REPLAY_WINDOW as u64 + 10 {
+        let frame = signed_frame(&a, &carol, &carol, seq, seq, b"x");
+        net.inject(0, crate::node::Channel::Activity(a.id), src, &frame);
+    }
+    let before = net
+        .host(0)
+        .stats()
+        .activity
+        .dropped
+        .get(&DropReason::Replayed)
+        .copied()
+        .unwrap_or(0);
+    net.inject(0, crate::node::Channel::Activity(a.id), src, &leave);
+    assert_eq!(
+        members(&net, 0, &a),
+        3,
+        "bob (and carol, who posted) still there"
+    );
+    let after = net.host(0).stats().activity.dropped[&DropReason::Replayed];
+    assert_eq!(after, before + 1);
+    // Carol, a member, cannot make a leave in bob's name either.
+    let forged = wire::Repr {
+        activity: a.id,
+        sender: bob,
+        auth: signed::sign_control(&carol, &a.id, &wire::Body::Leave, u64::MAX - 1),
+        body: wire::Body::Leave,
+    }
+    .emit(&a.key, &[0xee; 24])
+    .unwrap();
+    net.inject(0, crate::node::Channel::Activity(a.id), src, &forged);
+    assert_eq!(members(&net, 0, &a), 3);
 }

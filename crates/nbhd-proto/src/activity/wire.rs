@@ -26,6 +26,11 @@
 //! - nack: entries u16, each: sender key (32), ranges u16, each range first u64, last u64.
 //! - session: entries u16, each: sender key (32), highest packet seq held in order u64.
 //! - join: nick length u8, nick.  leave: empty.
+//!
+//! Control frames (nack, session, join, leave) end with their sender's counter u64 and its
+//! signature (64) of them ([`super::signed::control_bytes`]): what a member asks for, says it
+//! holds, or says of its own coming and going is its own, and a captured one replayed (the
+//! counter only grows) is refused however many frames have passed since.
 
 use std::fmt;
 
@@ -104,7 +109,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn to_byte(self) -> u8 {
+    pub fn to_byte(self) -> u8 {
         match self {
             Kind::Data => 1,
             Kind::Nack => 2,
@@ -275,8 +280,8 @@ pub fn nonce_of(frame: &[u8]) -> Option<[u8; 24]> {
     frame.get(field::NONCE)?.try_into().ok()
 }
 
-/// Room for a body in one frame.
-pub const MAX_BODY: usize = MAX_FRAME - HEADER_LEN - TAG_LEN;
+/// Room for a control frame's body in one frame (its trailer takes the rest).
+pub const MAX_BODY: usize = MAX_FRAME - HEADER_LEN - TAG_LEN - AUTH_LEN;
 
 /// NACK entries packed into as few frames as their encoded size allows ([`MAX_BODY`], and
 /// [`MAX_ENTRIES`] each): counting entries alone would make frames too big to send.
@@ -320,6 +325,26 @@ pub struct Repr {
     pub activity: ActivityId,
     pub sender: [u8; 32],
     pub body: Body,
+    /// A control frame's counter and signature (None for data, whose posts are signed).
+    pub auth: Option<ControlAuth>,
+}
+
+/// What closes a control frame: its sender's counter (growing with every control frame it
+/// sends, across its restarts) and its signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlAuth {
+    pub counter: u64,
+    pub sig: [u8; SIGNATURE_LEN],
+}
+
+/// The trailer's length.
+pub const AUTH_LEN: usize = 8 + SIGNATURE_LEN;
+
+impl Kind {
+    /// Nack, session, join, leave: signed by their sender.
+    pub fn is_control(self) -> bool {
+        self != Kind::Data
+    }
 }
 
 /// A cursor over body bytes: every read is checked.
@@ -521,20 +546,47 @@ impl Body {
 }
 
 impl Repr {
-    /// Opens and parses a datagram with `key`. Never panics.
+    /// Opens and parses a datagram with `key`. Never panics. A control frame's signature is
+    /// carried, not checked: that is the group's (it knows whose key and counter to expect).
     pub fn parse(bytes: &[u8], key: &[u8; 32]) -> Result<Repr, Error> {
         let p = Packet::new_checked(bytes)?;
         let plain = p.open(key)?;
+        let kind = p.kind();
+        let (body, auth) = if kind.is_control() {
+            let at = plain.len().checked_sub(AUTH_LEN).ok_or(Error::Truncated)?;
+            let (body, trailer) = plain.split_at(at);
+            let mut counter = [0u8; 8];
+            counter.copy_from_slice(&trailer[..8]);
+            let mut sig = [0u8; SIGNATURE_LEN];
+            sig.copy_from_slice(&trailer[8..]);
+            let auth = ControlAuth {
+                counter: u64::from_be_bytes(counter),
+                sig,
+            };
+            (body, Some(auth))
+        } else {
+            (&plain[..], None)
+        };
         Ok(Repr {
             activity: p.activity(),
             sender: p.sender(),
-            body: Body::parse(p.kind(), &plain)?,
+            body: Body::parse(kind, body)?,
+            auth,
         })
     }
 
     /// The frame's bytes, sealed with `key` under `nonce`.
     pub fn emit(&self, key: &[u8; 32], nonce: &[u8; 24]) -> Result<Vec<u8>, Error> {
-        let body = self.body.emit()?;
+        let mut body = self.body.emit()?;
+        match (self.body.kind().is_control(), &self.auth) {
+            (true, Some(a)) => {
+                body.extend_from_slice(&a.counter.to_be_bytes());
+                body.extend_from_slice(&a.sig);
+            }
+            (false, None) => {}
+            (true, None) => return Err(Error::Malformed("a control frame needs its signature")),
+            (false, Some(_)) => return Err(Error::Malformed("a data frame carries no trailer")),
+        }
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
@@ -567,9 +619,15 @@ mod tests {
     const KEY: [u8; 32] = [7; 32];
     const NONCE: [u8; 24] = [3; 24];
 
+    const AUTH: Option<ControlAuth> = Some(ControlAuth {
+        counter: 5,
+        sig: [0x33; SIGNATURE_LEN],
+    });
+
     fn data(chunk: Vec<u8>) -> Repr {
         Repr {
             activity: ActivityId([0xa1; 16]),
+            auth: None,
             sender: [0x5e; 32],
             body: Body::Data(Data {
                 pkt: 9,
@@ -592,6 +650,7 @@ mod tests {
             activity: ActivityId([0xa1; 16]),
             sender: [0x5e; 32],
             body,
+            auth: AUTH,
         };
         // An empty post: one fragment, no bytes.
         let mut empty = data(vec![]);
@@ -628,6 +687,7 @@ mod tests {
             activity: ActivityId([0xa1; 16]),
             sender: [0x5e; 32],
             body: Body::Join { nick: "bob".into() },
+            auth: AUTH,
         };
         let b = r.emit(&KEY, &NONCE).unwrap();
         let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -643,12 +703,13 @@ mod tests {
                 "030303030303030303030303030303030303030303030303",
             )
         );
-        assert_eq!(b.len(), HEADER_LEN + 4 + TAG_LEN);
+        assert_eq!(b.len(), HEADER_LEN + 4 + AUTH_LEN + TAG_LEN);
         assert_eq!(&hex[160..], SEALED_JOIN_BOB, "the sealed body and tag");
     }
 
-    /// "bob" (length-prefixed) sealed under KEY and NONCE, then the tag (over a version-1 header).
-    const SEALED_JOIN_BOB: &str = "8764247939d4f5f1787f2438e5642c7197048491";
+    /// "bob" (length-prefixed), counter 5 and signature 0x33.., sealed under KEY and NONCE, then
+    /// the tag (over a version-1 header).
+    const SEALED_JOIN_BOB: &str = "876424797521c6f0771043fe74e2fd7a19a9435430260526996c0f3e13171289ff3fb2f62b6f56be8fee8e423a5705110c59eeab05d8df929750eb5e1fbd32737df80650aa6636c48dff47c8b4247911a733f0ec538c7ec4301e9fb8";
 
     #[test]
     fn any_changed_bit_is_refused() {
@@ -721,6 +782,7 @@ mod tests {
                     activity: ActivityId([1; 16]),
                     sender: [2; 32],
                     body: Body::Nack(f),
+                    auth: AUTH,
                 };
                 assert!(r.emit(&KEY, &NONCE).is_ok());
             }

@@ -142,6 +142,9 @@ pub struct Config {
     /// 32 bytes from the OS's CSPRNG: seeds what must be unpredictable to others (activity
     /// keys and ids, frame nonces, the ephemeral halves that seal keys to invitees).
     pub entropy: [u8; 32],
+    /// The wall clock when the Node is made (Unix ms): activities' control frames carry
+    /// counters that must keep growing across our restarts.
+    pub unix_ms: u64,
 }
 
 /// A CSPRNG for one use of [`Config::entropy`], told apart by `label`.
@@ -495,6 +498,7 @@ impl Node {
             secret_rng(&config.entropy, b"activities"),
             restored.activities,
             now,
+            config.unix_ms,
         );
         let invited = restored
             .invited

@@ -33,6 +33,7 @@ fn config(i: usize) -> Config {
         record_ttl: None,
         seed: 100 + i as u64,
         entropy: [0x40 + i as u8; 32],
+        unix_ms: 1_800_000_000_000,
     }
 }
 
