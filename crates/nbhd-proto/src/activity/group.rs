@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::askers::Askers;
 use super::signed;
 use super::wire::{self, Body, Data};
 use super::{
@@ -178,6 +179,8 @@ pub(crate) struct Group {
     loading: BTreeSet<([u8; 32], u64)>,
     cache: BTreeMap<([u8; 32], u64), Data>,
     cache_order: VecDeque<([u8; 32], u64)>,
+    /// What each member asked us to repair, and its credit for asking again.
+    askers: Askers,
     /// Our last control frame's counter.
     counter: u64,
     /// Each member's last control counter: a control frame at or below it is a replay.
@@ -218,6 +221,7 @@ impl Group {
             cache_order: VecDeque::new(),
             recent: BTreeMap::new(),
             recent_order: VecDeque::new(),
+            askers: Askers::default(),
             counter: 0,
             counters: std::collections::HashMap::new(),
             nonces: HashSet::new(),
@@ -255,6 +259,11 @@ impl Group {
     /// Packets held out of order, over every sender.
     pub fn held_packets(&self) -> usize {
         self.senders.values().map(|s| s.buffer.len()).sum()
+    }
+
+    /// Askers whose repairs are accounted for.
+    pub fn asker_count(&self) -> usize {
+        self.askers.len()
     }
 
     /// Bytes held out of order, over every sender.
@@ -595,7 +604,7 @@ impl Group {
         }
         match r.body {
             Body::Data(d) => self.on_data(now, out, r.sender, d),
-            Body::Nack(entries) => self.on_nack(now, out, entries),
+            Body::Nack(entries) => self.on_nack(now, out, r.sender, bytes.len(), entries),
             Body::Session(entries) => self.on_session(now, out, entries),
             Body::Join { .. } => {
                 // Tell the newcomer what there is, and that we are here, soon: every member
@@ -941,7 +950,17 @@ impl Group {
         }
     }
 
-    fn on_nack(&mut self, now: Instant, out: &mut Out, entries: Vec<wire::NackEntry>) {
+    /// `asker`'s NACK (`len` bytes) for `entries`: repaired what we hold, once for free and
+    /// again only on its credit (see [`super::askers`]).
+    fn on_nack(
+        &mut self,
+        now: Instant,
+        out: &mut Out,
+        asker: [u8; 32],
+        len: usize,
+        entries: Vec<wire::NackEntry>,
+    ) {
+        self.askers.on_nack(now, asker, len);
         let mut budget = MAX_REPAIRS_PER_NACK;
         for (sender, ranges) in entries {
             // Someone asked for these already: our own NACK for them can wait for the repair.
@@ -970,7 +989,9 @@ impl Group {
                     // make us walk more than MAX_REPAIRS_PER_NACK of them.
                     budget -= 1;
                     let sent_at = self.recent.get(&(sender, p));
-                    if sent_at.is_some_and(|t| *t + REPAIR_HOLDOFF > now) {
+                    if sent_at.is_some_and(|t| *t + REPAIR_HOLDOFF > now)
+                        || !self.askers.may_repair(&asker, sender, p)
+                    {
                         p += 1;
                         continue;
                     }

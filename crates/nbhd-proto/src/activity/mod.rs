@@ -5,6 +5,7 @@
 //! - [`wire`]: the sealed frame (data, nack, session, join, leave).
 //! - [`seal`]: a private activity's key sealed to one invitee.
 //! - [`signed`]: posts signed by their posters (the key proves membership, not authorship).
+//! - `askers`: who asked us to repair what, and the credit for asking again.
 //! - [`group`]: one activity's state machine: per-sender sequence numbers, NACKs after a short
 //!   random delay with suppression, repair by any member that holds the data, compact session
 //!   messages (each sender's high-water mark) when something changed and rarely otherwise,
@@ -16,6 +17,7 @@
 //! it counts. What the engine needs back from the store (old posts, to repair a late joiner)
 //! it asks for with [`Activities::poll_load`].
 
+mod askers;
 pub mod group;
 pub mod seal;
 pub mod signed;
@@ -358,16 +360,18 @@ impl Activities {
 
     /// Its bounded tables, summed over activities: (name, entries now, bound per activity).
     pub fn tables(&self) -> Vec<(&'static str, usize, usize)> {
-        let (mut members, mut held, mut bytes) = (0, 0, 0);
+        let (mut members, mut held, mut bytes, mut askers) = (0, 0, 0, 0);
         for g in self.groups.values() {
             members += g.member_count();
             held += g.held_packets();
             bytes += g.held_bytes();
+            askers += g.asker_count();
         }
         vec![
             ("activity-members", members, group::MAX_SENDERS),
             ("activity-held-packets", held, group::MAX_BUFFER),
             ("activity-held-bytes", bytes, group::MAX_HELD_BYTES),
+            ("activity-askers", askers, askers::MAX_ASKERS),
         ]
     }
 

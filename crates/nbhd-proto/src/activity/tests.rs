@@ -1020,3 +1020,48 @@ fn a_captured_leave_replayed_after_thousands_of_frames_removes_nobody() {
     net.inject(0, crate::node::Channel::Activity(a.id), src, &forged);
     assert_eq!(members(&net, 0, &a), 3);
 }
+
+/// Issue 15, attack 4: a 148-byte NACK drew up to 256 repairs, again every 20 ms (about 2,000
+/// times its size). A member asking for the same 256 posts every 20 ms for a minute now draws
+/// them once, then about a byte for each byte it sends: at most twice its NACKs' bytes in all,
+/// counting everything alice sends meanwhile.
+#[test]
+fn a_member_repeating_a_nack_draws_at_most_twice_its_bytes() {
+    let mut net = net(1, 19);
+    let a = share(&mut net, 0, "history", false);
+    net.run_for(Duration::from_secs(2));
+    for i in 0..256 {
+        let text = format!("{i:04} {}", "x".repeat(1000));
+        post(&mut net, 0, &a, &text);
+        net.run_for(Duration::from_millis(5));
+    }
+    net.run_for(Duration::from_secs(2));
+    let alice = crate::identity::Identity::from_secret(config(0).secret).public();
+    let mallory = crate::identity::Identity::from_secret([9; 32]);
+    let src = std::net::SocketAddr::new(std::net::IpAddr::V4([10, 0, 0, 99].into()), a.port);
+    let since = net.sent.len();
+    let mut asked = 0usize;
+    for n in 1..=3000u64 {
+        let body = wire::Body::Nack(vec![(alice, vec![(1, 256)])]);
+        let frame = wire::Repr {
+            activity: a.id,
+            sender: mallory.public(),
+            auth: signed::sign_control(&mallory, &a.id, &body, n),
+            body,
+        }
+        .emit(&a.key, &nonce_for(n))
+        .unwrap();
+        asked += frame.len();
+        net.inject(0, crate::node::Channel::Activity(a.id), src, &frame);
+        net.run_for(Duration::from_millis(20));
+    }
+    let sent: usize = net.sent[since..]
+        .iter()
+        .filter(|s| s.from == 0 && matches!(s.channel, crate::node::Channel::Activity(_)))
+        .map(|s| s.payload.len())
+        .sum();
+    let ratio = sent as f64 / asked as f64;
+    eprintln!("FIGURE a repeated NACK for 60 s: {asked} bytes asked, {sent} sent ({ratio:.2}x)");
+    assert!(ratio <= 2.0, "{ratio:.2}x");
+    assert!(sent >= 256 * 1000, "the history went out once: {sent}");
+}
