@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = (p.kind(), p.activity(), p.sender(), p.open(&KEY));
     }
     let _ = Repr::parse(data, &KEY);
-    let _ = seal::open(&Identity::from_secret([3; 32]), data);
+    let _ = seal::open(&Identity::from_secret([3; 32]), data, &[1; 48]);
 
     // The body a member sealed: whatever it holds.
     let Some((&k, plain)) = data.split_first() else {

@@ -423,7 +423,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, activity_id, activity_name, activity_type, activity_group, activity_port, activity_key, activity_private
+                "SELECT id, sender, activity_id, activity_name, activity_type, activity_group, activity_port, activity_key, activity_private
                  FROM invitations WHERE activity_key != ''",
             )
             .map_err(ctx)?;
@@ -431,14 +431,15 @@ impl Store {
             .query_map([], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
                     Activity {
-                        id: r.get(1)?,
-                        name: r.get(2)?,
-                        kind: r.get(3)?,
-                        group: r.get(4)?,
-                        port: r.get(5)?,
-                        key: r.get(6)?,
-                        private: r.get(7)?,
+                        id: r.get(2)?,
+                        name: r.get(3)?,
+                        kind: r.get(4)?,
+                        group: r.get(5)?,
+                        port: r.get(6)?,
+                        key: r.get(7)?,
+                        private: r.get(8)?,
                     },
                 ))
             })

@@ -212,8 +212,10 @@ impl Store {
                     }
                 }
                 Record::Pin { nick, key } => pins.push((nick.clone(), *key)),
-                Record::Invitation { id, activity, .. } if !activity.key.is_empty() => {
-                    invited.push((id.clone(), activity.clone()))
+                Record::Invitation {
+                    id, from, activity, ..
+                } if !activity.key.is_empty() => {
+                    invited.push((id.clone(), from.clone(), activity.clone()))
                 }
                 _ => {}
             }

@@ -3,18 +3,21 @@
 //!
 //! Sealing is X25519 from the peers' ed25519 identities: a fresh ephemeral key agrees with the
 //! invitee's key in Montgomery form; SHA-256 over [`SEAL_DOMAIN`], the shared secret, the
-//! ephemeral public key and the invitee's key gives a one-time key; XChaCha20-Poly1305 seals the
+//! ephemeral public key, the invitee's key and what the seal is bound to (the activity's id and
+//! the inviter's key, see [`binding`]) gives a one-time key; XChaCha20-Poly1305 seals the
 //! secret. The sealed form is the ephemeral public key (32 bytes) then the sealed secret and its
-//! tag (48 bytes).
+//! tag (48 bytes). Bound, a sealed key lifted into another invitation (another activity's, or
+//! another inviter's) does not open.
 
 use chacha20poly1305::aead::Aead;
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use curve25519_dalek::MontgomeryPoint;
 use sha2::{Digest, Sha256};
 
+use super::ActivityId;
 use crate::identity::{self, Identity};
 
-pub const SEAL_DOMAIN: &[u8] = b"nbhd seal v0\0";
+pub const SEAL_DOMAIN: &[u8] = b"nbhd seal v1\0";
 pub const SEALED_LEN: usize = 32 + 32 + 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,24 +28,39 @@ pub enum SealError {
     Unsealable,
 }
 
-fn one_time_key(shared: &[u8; 32], eph: &[u8; 32], to: &[u8; 32]) -> [u8; 32] {
+/// What an activity key's seal is bound to: the activity's id and the inviter's key.
+pub fn binding(activity: &ActivityId, inviter: &[u8; 32]) -> [u8; 48] {
+    let mut b = [0u8; 48];
+    b[..16].copy_from_slice(&activity.0);
+    b[16..].copy_from_slice(inviter);
+    b
+}
+
+fn one_time_key(shared: &[u8; 32], eph: &[u8; 32], to: &[u8; 32], bind: &[u8; 48]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(SEAL_DOMAIN);
     h.update(shared);
     h.update(eph);
     h.update(to);
+    h.update(bind);
     h.finalize().into()
 }
 
-/// Seals `secret` to the peer whose ed25519 key is `to`; `ephemeral` must be fresh randomness.
-pub fn seal(secret: &[u8; 32], to: &[u8; 32], ephemeral: [u8; 32]) -> Result<Vec<u8>, SealError> {
+/// Seals `secret` to the peer whose ed25519 key is `to`, bound to `bind`; `ephemeral` must be
+/// fresh randomness.
+pub fn seal(
+    secret: &[u8; 32],
+    to: &[u8; 32],
+    bind: &[u8; 48],
+    ephemeral: [u8; 32],
+) -> Result<Vec<u8>, SealError> {
     let their = identity::montgomery(to).ok_or(SealError::BadKey)?;
     let eph_pub = MontgomeryPoint::mul_base_clamped(ephemeral).to_bytes();
     let shared = MontgomeryPoint(their).mul_clamped(ephemeral).to_bytes();
     if shared == [0; 32] {
         return Err(SealError::BadKey);
     }
-    let key = one_time_key(&shared, &eph_pub, to);
+    let key = one_time_key(&shared, &eph_pub, to, bind);
     // The key is used once: a fixed nonce is safe.
     let sealed = XChaCha20Poly1305::new((&key).into())
         .encrypt(XNonce::from_slice(&[0; 24]), secret.as_slice())
@@ -52,8 +70,8 @@ pub fn seal(secret: &[u8; 32], to: &[u8; 32], ephemeral: [u8; 32]) -> Result<Vec
     Ok(out)
 }
 
-/// Opens what was sealed to `me`.
-pub fn open(me: &Identity, sealed: &[u8]) -> Result<[u8; 32], SealError> {
+/// Opens what was sealed to `me`, bound to `bind`.
+pub fn open(me: &Identity, sealed: &[u8], bind: &[u8; 48]) -> Result<[u8; 32], SealError> {
     if sealed.len() != SEALED_LEN {
         return Err(SealError::Unsealable);
     }
@@ -63,7 +81,7 @@ pub fn open(me: &Identity, sealed: &[u8]) -> Result<[u8; 32], SealError> {
     if shared == [0; 32] {
         return Err(SealError::Unsealable);
     }
-    let key = one_time_key(&shared, &eph, &me.public());
+    let key = one_time_key(&shared, &eph, &me.public(), bind);
     let plain = XChaCha20Poly1305::new((&key).into())
         .decrypt(XNonce::from_slice(&[0; 24]), &sealed[32..])
         .map_err(|_| SealError::Unsealable)?;
@@ -79,18 +97,44 @@ mod tests {
         let bob = Identity::from_secret([2; 32]);
         let carol = Identity::from_secret([3; 32]);
         let secret = [0x42; 32];
-        let sealed = seal(&secret, &bob.public(), [9; 32]).unwrap();
+        let bind = binding(&ActivityId([5; 16]), &[1; 32]);
+        let sealed = seal(&secret, &bob.public(), &bind, [9; 32]).unwrap();
         assert_eq!(sealed.len(), SEALED_LEN);
-        assert_eq!(open(&bob, &sealed), Ok(secret));
-        assert_eq!(open(&carol, &sealed), Err(SealError::Unsealable));
+        assert_eq!(open(&bob, &sealed, &bind), Ok(secret));
+        assert_eq!(open(&carol, &sealed, &bind), Err(SealError::Unsealable));
         let mut changed = sealed.clone();
         changed[40] ^= 1;
-        assert_eq!(open(&bob, &changed), Err(SealError::Unsealable));
-        assert_eq!(open(&bob, &sealed[..40]), Err(SealError::Unsealable));
+        assert_eq!(open(&bob, &changed, &bind), Err(SealError::Unsealable));
+        assert_eq!(open(&bob, &sealed[..40], &bind), Err(SealError::Unsealable));
         // A fresh ephemeral key: another sealed form of the same secret.
-        let again = seal(&secret, &bob.public(), [10; 32]).unwrap();
+        let again = seal(&secret, &bob.public(), &bind, [10; 32]).unwrap();
         assert_ne!(again, sealed);
-        assert_eq!(open(&bob, &again), Ok(secret));
+        assert_eq!(open(&bob, &again, &bind), Ok(secret));
+    }
+
+    /// Issue 15: the seal bound neither the activity nor the inviter, so a sealed key could be
+    /// lifted into another invitation. Now it opens only where it was sealed.
+    #[test]
+    fn a_sealed_key_lifted_into_another_invitation_does_not_open() {
+        let bob = Identity::from_secret([2; 32]);
+        let (chess, go) = (ActivityId([5; 16]), ActivityId([6; 16]));
+        let (alice, mallory) = ([1; 32], [9; 32]);
+        let sealed = seal(
+            &[0x42; 32],
+            &bob.public(),
+            &binding(&chess, &alice),
+            [9; 32],
+        )
+        .unwrap();
+        assert!(open(&bob, &sealed, &binding(&chess, &alice)).is_ok());
+        assert!(
+            open(&bob, &sealed, &binding(&go, &alice)).is_err(),
+            "another activity"
+        );
+        assert!(
+            open(&bob, &sealed, &binding(&chess, &mallory)).is_err(),
+            "another inviter"
+        );
     }
 
     #[test]
@@ -100,7 +144,7 @@ mod tests {
         not_a_point[0] = 2;
         assert!(identity::montgomery(&not_a_point).is_none());
         assert_eq!(
-            seal(&[1; 32], &not_a_point, [9; 32]),
+            seal(&[1; 32], &not_a_point, &[0; 48], [9; 32]),
             Err(SealError::BadKey)
         );
     }

@@ -146,7 +146,8 @@ impl Node {
                 self.nick_of(peer)
             )));
         }
-        let sealed = seal::seal(&a.key, &key, self.rng.gen())
+        let bind = seal::binding(&a.id, &self.me.public());
+        let sealed = seal::seal(&a.key, &key, &bind, self.rng.gen())
             .map_err(|_| CommandError::Refused("the peer's key cannot be sealed to".into()))?;
         Ok(Activity {
             id: a.id.to_hex(),

@@ -21,11 +21,13 @@ const ACT_KEY: &str = "act";
 /// 1400-byte datagram.
 const MAX_ADVERTISED: usize = 4;
 
-/// An invited activity, its key unsealed with ours; None if it carries none we can open.
-pub(super) fn unseal(me: &Identity, a: &Activity) -> Option<ActivityInfo> {
+/// An activity `inviter` (a peer id) invited us to, its key unsealed with ours; None if it
+/// carries none we can open (sealed to another, or for another activity or inviter).
+pub(super) fn unseal(me: &Identity, inviter: &str, a: &Activity) -> Option<ActivityInfo> {
     let id = ActivityId::from_hex(&a.id)?;
+    let inviter = <[u8; 32]>::try_from(URL_SAFE_NO_PAD.decode(inviter).ok()?).ok()?;
     let sealed = URL_SAFE_NO_PAD.decode(&a.key).ok()?;
-    let key = seal::open(me, &sealed).ok()?;
+    let key = seal::open(me, &sealed, &seal::binding(&id, &inviter)).ok()?;
     Some(ActivityInfo::new(id, &a.name, &a.kind, a.private, key))
 }
 
@@ -534,7 +536,7 @@ impl Node {
                     via,
                     relayed_by,
                 } => {
-                    if let Some(info) = unseal(&self.me, &activity) {
+                    if let Some(info) = unseal(&self.me, &from, &activity) {
                         self.invited.insert(id.clone(), info);
                     }
                     Event::Invitation {

@@ -168,8 +168,9 @@ pub struct Restored {
     pub activities: activity::Restored,
     /// Trust on first use: the key first seen for each nick (DESIGN.md §4.4).
     pub pins: Vec<(String, [u8; 32])>,
-    /// Invitations received that carry an activity: (invitation id, the activity as invited).
-    pub invited: Vec<(String, Activity)>,
+    /// Invitations received that carry an activity: (invitation id, the inviter's peer id, the
+    /// activity as invited).
+    pub invited: Vec<(String, String, Activity)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -503,7 +504,7 @@ impl Node {
         let invited = restored
             .invited
             .iter()
-            .filter_map(|(inv, a)| glue::unseal(&me, a).map(|info| (inv.clone(), info)))
+            .filter_map(|(inv, from, a)| glue::unseal(&me, from, a).map(|info| (inv.clone(), info)))
             .collect();
         let rng = secret_rng(&config.entropy, b"node");
         let mut node = Node {
