@@ -4,7 +4,8 @@
 //! external resources, no processing instructions, namespaces enforced; it is push-fed, so a
 //! stanza may arrive in any number of TCP reads. On top of it this module owns the stream's shape
 //! (a `stream:stream` root whose children are stanzas) and its limits: at most
-//! [`MAX_STANZA`] bytes and [`MAX_DEPTH`] levels per stanza. Any violation is a [`StreamError`]
+//! [`MAX_STANZA`] bytes, [`MAX_DEPTH`] levels, [`MAX_ELEMENTS`] elements and
+//! [`MAX_ATTRIBUTES`] attributes per element in a stanza. Any violation is a [`StreamError`]
 //! with the RFC 6120 §4.9.3 condition to send before closing.
 
 use std::fmt::{self, Write as _};
@@ -15,6 +16,12 @@ use rxml::{Event, Parse};
 pub const MAX_STANZA: usize = 1 << 20;
 /// Nesting deeper than this inside one stanza is not a message, it is an attack on the parser.
 pub const MAX_DEPTH: usize = 32;
+/// Elements in one stanza: a chat with XHTML-IM has a few dozen. Unbounded, a megabyte of
+/// `<a/>` would be some 260,000 elements, 30 to 40 times its size in memory, from a legacy
+/// peer that needs no authentication.
+pub const MAX_ELEMENTS: usize = 1024;
+/// Attributes on one element.
+pub const MAX_ATTRIBUTES: usize = 32;
 pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
 pub const NS_CLIENT: &str = "jabber:client";
 
@@ -234,6 +241,8 @@ pub struct StreamParser {
     /// Elements being built: the stanza and its open descendants.
     open: Vec<Element>,
     stanza_bytes: usize,
+    /// Elements begun in the stanza being read.
+    stanza_elements: usize,
     in_stream: bool,
     ended: bool,
     failed: Option<StreamError>,
@@ -252,6 +261,7 @@ impl StreamParser {
             parser: rxml::Parser::new(),
             open: Vec::new(),
             stanza_bytes: 0,
+            stanza_elements: 0,
             in_stream: false,
             ended: false,
             failed: None,
@@ -264,7 +274,9 @@ impl StreamParser {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        while !bytes.is_empty() && !self.ended {
+        // Until the parser wants more bytes, not until the bytes run out: an element written as
+        // an empty tag (`<x/>`) ends in an event rxml hands out on the call after the `/>`.
+        while !self.ended {
             match self.parser.parse(&mut bytes, false) {
                 Ok(Some(ev)) => {
                     if let Err(e) = self.on_event(ev) {
@@ -325,6 +337,18 @@ impl StreamParser {
                 }
                 if self.open.is_empty() {
                     self.stanza_bytes = len;
+                    self.stanza_elements = 0;
+                }
+                self.stanza_elements += 1;
+                if self.stanza_elements > MAX_ELEMENTS {
+                    return Err(StreamError::PolicyViolation(format!(
+                        "more than {MAX_ELEMENTS} elements in a stanza"
+                    )));
+                }
+                if attrs.len() > MAX_ATTRIBUTES {
+                    return Err(StreamError::PolicyViolation(format!(
+                        "more than {MAX_ATTRIBUTES} attributes on an element"
+                    )));
                 }
                 let attrs = attrs
                     .iter()
@@ -530,5 +554,47 @@ mod tests {
             String::from_utf8(e.to_bytes()).unwrap(),
             "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
         );
+    }
+
+    /// A stanza written as an empty tag is emitted with the read that ends it (it waited for
+    /// the next byte: a peer's last stanza before it waits for an answer hung).
+    #[test]
+    fn an_empty_tag_stanza_is_emitted_without_waiting_for_more_bytes() {
+        let mut p = StreamParser::new();
+        let mut b = stream_header("a", "b");
+        b.extend_from_slice(b"<message xmlns='jabber:client' type='chat'/>");
+        p.feed(&b).unwrap();
+        assert!(matches!(p.poll_event(), Some(StreamEvent::Header(_))));
+        assert!(
+            matches!(p.poll_event(), Some(StreamEvent::Stanza(e)) if e.name == "message"),
+            "the empty-tag stanza"
+        );
+    }
+
+    #[test]
+    fn stanzas_of_too_many_elements_or_attributes_are_refused() {
+        let stanza = |inner: &str| {
+            let mut b = stream_header("a", "b");
+            b.extend_from_slice(format!("<message>{inner}</message>").as_bytes());
+            b
+        };
+        let (evs, err) = events(&[&stanza(&"<b/>".repeat(MAX_ELEMENTS - 1))]);
+        assert!(err.is_none() && evs.len() == 2, "{err:?}");
+        let (_, err) = events(&[&stanza(&"<b/>".repeat(MAX_ELEMENTS))]);
+        assert_eq!(err.unwrap().condition(), "policy-violation");
+        let attrs = |n: usize| (0..n).map(|i| format!(" a{i}='x'")).collect::<String>();
+        let (evs, err) = events(&[&stanza(&format!("<b{}/>", attrs(MAX_ATTRIBUTES)))]);
+        assert!(err.is_none() && evs.len() == 2, "{err:?}");
+        let (_, err) = events(&[&stanza(&format!("<b{}/>", attrs(MAX_ATTRIBUTES + 1)))]);
+        assert_eq!(err.unwrap().condition(), "policy-violation");
+        // The count is per stanza: many stanzas of many elements are fine.
+        let mut many = stream_header("a", "b");
+        for _ in 0..3 {
+            many.extend_from_slice(
+                format!("<message>{}</message>", "<b/>".repeat(1000)).as_bytes(),
+            );
+        }
+        let (evs, err) = events(&[&many]);
+        assert!(err.is_none() && evs.len() == 4, "{err:?}");
     }
 }
