@@ -21,6 +21,29 @@ const ACT_KEY: &str = "act";
 /// 1400-byte datagram.
 const MAX_ADVERTISED: usize = 4;
 
+/// Nicks pinned at most (a flood of names cannot grow the table, or the store, for ever).
+pub const MAX_PINS: usize = 4096;
+
+/// The name a nick is pinned under: its UTS #39 skeleton, lower-cased, so that nicks a person
+/// cannot tell apart ("bob", "Bob", "bоb" with a Cyrillic o, "b\u{200b}ob") pin as one.
+pub(super) fn pin_name(nick: &str) -> String {
+    let lower = nick.to_lowercase();
+    unicode_security::skeleton(&lower)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// What a legacy peer (no key) is pinned to: its instance name, hashed to a key's size, under
+/// a domain no ed25519 key can share.
+pub(super) fn legacy_pin(instance: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"nbhd legacy pin\0")
+        .chain_update(instance.as_bytes())
+        .finalize()
+        .into()
+}
+
 /// An activity `inviter` (a peer id) invited us to, its key unsealed with ours; None if it
 /// carries none we can open (sealed to another, or for another activity or inviter).
 pub(super) fn unseal(me: &Identity, inviter: &str, a: &Activity) -> Option<ActivityInfo> {
@@ -244,24 +267,23 @@ impl Node {
     }
 
     /// Trust on first use (DESIGN.md §4.4): the first key seen for a nick is pinned (and
-    /// stored); the same nick with another key is flagged, not merged.
+    /// stored); the same nick, or one that looks the same ([`pin_name`]), with another key is
+    /// flagged, not merged. A legacy peer, which has no key, is pinned by its instance name
+    /// ([`legacy_pin`]): an nbhd peer taking a Pidgin user's nick is flagged, and the reverse.
+    /// At most [`MAX_PINS`]: past that a new nick is not pinned (and not flagged).
     fn pin(&mut self, p: &Peer, key: [u8; 32]) {
-        match self.pins.get(&p.nick) {
+        let name = pin_name(&p.nick);
+        match self.pins.get(&name) {
             Some(pinned) if *pinned != key => {
                 self.impostors.insert(p.id.clone());
             }
             Some(_) => {
                 self.impostors.remove(&p.id);
             }
+            None if self.pins.len() >= MAX_PINS => {}
             None => {
-                self.pins.insert(p.nick.clone(), key);
-                self.write(
-                    Owner::Node,
-                    Record::Pin {
-                        nick: p.nick.clone(),
-                        key,
-                    },
-                );
+                self.pins.insert(name.clone(), key);
+                self.write(Owner::Node, Record::Pin { nick: name, key });
             }
         }
     }
@@ -320,7 +342,9 @@ impl Node {
             addrs: p.addrs.clone(),
             legacy: p.legacy,
         });
-        if !p.legacy {
+        if p.legacy {
+            self.pin(p, legacy_pin(&p.instance));
+        } else {
             let probe_addr = p
                 .txt
                 .iter()

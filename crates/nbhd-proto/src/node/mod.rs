@@ -527,7 +527,14 @@ impl Node {
             base_txt,
             advertised_by: BTreeMap::new(),
             invited,
-            pins: restored.pins.into_iter().collect(),
+            // Pins stored before skeletons are read under their skeleton; the first wins.
+            pins: {
+                let mut pins = HashMap::new();
+                for (nick, key) in restored.pins.into_iter().take(glue::MAX_PINS) {
+                    pins.entry(glue::pin_name(&nick)).or_insert(key);
+                }
+                pins
+            },
             impostors: HashSet::new(),
             ids_by_instance: HashMap::new(),
             routes: HashMap::new(),
@@ -623,7 +630,10 @@ impl Node {
     /// bound is counted in the engine's drops.
     pub fn tables(&self) -> Vec<(&'static str, usize, usize)> {
         let (cache, cache_max) = self.presence.cache_size();
-        let mut t = vec![("mdns-cache", cache, cache_max)];
+        let mut t = vec![
+            ("mdns-cache", cache, cache_max),
+            ("pins", self.pins.len(), glue::MAX_PINS),
+        ];
         t.extend(self.messages.tables());
         t.extend(self.activities.tables());
         t

@@ -890,44 +890,57 @@ fn an_invitation_id_never_shadows_an_activitys_name_or_id() {
     assert_eq!(n.resolve_activity("inv-1").map(|a| a.id), Ok(planted.id));
 }
 
+/// An mDNS response announcing `instance` (nick `nick`) at `ip`: an nbhd peer with `key`, or a
+/// legacy XEP-0174 one without.
+fn announcement(instance: &str, nick: &str, key: Option<&str>, ip: Ipv4Addr, ttl: u32) -> Vec<u8> {
+    use crate::presence::wire::{Message, Name, Record, RecordData};
+    use crate::presence::{xep0174_txt, SERVICE_TYPE};
+    let svc = Name::dotted(SERVICE_TYPE);
+    let inst = Name::child(instance, &svc);
+    let target = Name::dotted(&format!("h{}.local", ip.octets()[3]));
+    let mut txt = xep0174_txt(P2PJ_PORT, nick, "avail", "", key.unwrap_or(""));
+    if key.is_none() {
+        txt.retain(|(k, _)| k != "key" && k != "nbhd");
+    }
+    let txt = txt
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect();
+    let mut m = Message::response();
+    m.answers
+        .push(Record::new(svc, ttl, RecordData::Ptr(inst.clone())));
+    m.answers.push(Record::new(
+        inst.clone(),
+        ttl,
+        RecordData::Srv {
+            priority: 0,
+            weight: 0,
+            port: P2PJ_PORT,
+            target: target.clone(),
+        },
+    ));
+    m.answers.push(Record::new(inst, ttl, RecordData::Txt(txt)));
+    m.answers.push(Record::new(target, ttl, RecordData::A(ip)));
+    m.emit()
+}
+
 /// Issue 15, attack 1's second half: a host announcing an instance with bob's key moved
 /// alice's route to bob to itself, and its goodbye removed bob. Now the first instance keeps
 /// the key's route, the second is flagged, and its goodbye takes only itself.
 #[test]
 fn a_second_instance_announcing_bobs_key_is_flagged_moves_no_route_and_its_goodbye_leaves_bob() {
-    use crate::presence::wire::{Message, Name, Record, RecordData};
-    use crate::presence::{xep0174_txt, SERVICE_TYPE};
     let mut net = net(2);
     let bob = Identity::from_secret(secret(1));
     let fake = Ipv4Addr::new(10, 0, 0, 99);
     // mallory@elsewhere at 10.0.0.99, with bob's key in its TXT.
     let announce = |ttl: u32| {
-        let svc = Name::dotted(SERVICE_TYPE);
-        let inst = Name::child("mallory@elsewhere", &svc);
-        let target = Name::dotted("mallory-host.local");
-        let mut txt = xep0174_txt(P2PJ_PORT, "mallory", "avail", "", &bob.peer_id());
-        txt.push(("nbhd".into(), "1".into()));
-        let txt = txt
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}").into_bytes())
-            .collect();
-        let mut m = Message::response();
-        m.answers
-            .push(Record::new(svc, ttl, RecordData::Ptr(inst.clone())));
-        m.answers.push(Record::new(
-            inst.clone(),
+        announcement(
+            "mallory@elsewhere",
+            "mallory",
+            Some(&bob.peer_id()),
+            fake,
             ttl,
-            RecordData::Srv {
-                priority: 0,
-                weight: 0,
-                port: P2PJ_PORT,
-                target: target.clone(),
-            },
-        ));
-        m.answers.push(Record::new(inst, ttl, RecordData::Txt(txt)));
-        m.answers
-            .push(Record::new(target, ttl, RecordData::A(fake)));
-        m.emit()
+        )
     };
     let src = SocketAddr::new(IpAddr::V4(fake), 5353);
     net.inject(0, Channel::Mdns, src, &announce(120));
@@ -958,4 +971,66 @@ fn a_second_instance_announcing_bobs_key_is_flagged_moves_no_route_and_its_goodb
     let m = send(&mut net, 0, 1, "still there", Duration::from_secs(5));
     net.run_for(Duration::from_secs(1));
     assert_eq!(delivered(&net, &m).expect("delivered").1, Via::Tcp);
+}
+
+/// Issue 15: pins matched exact strings and legacy peers were never pinned, so "bоb" (with a
+/// Cyrillic o) was another person, and so was an nbhd peer taking a Pidgin user's nick. Now
+/// both are flagged, and a private activity's key goes to neither.
+#[test]
+fn a_lookalike_nick_and_an_nbhd_peer_taking_a_legacy_nick_are_flagged() {
+    let mut net = net(2);
+    let src = |last: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)), 5353);
+    let lookalike = Identity::from_secret([77; 32]);
+    let frank_nbhd = Identity::from_secret([78; 32]);
+    let first = [
+        announcement(
+            "frank@pidgin",
+            "frank",
+            None,
+            Ipv4Addr::new(10, 0, 0, 97),
+            120,
+        ),
+        announcement(
+            "b\u{43e}b@elsewhere",
+            "b\u{43e}b",
+            Some(&lookalike.peer_id()),
+            Ipv4Addr::new(10, 0, 0, 98),
+            120,
+        ),
+    ];
+    net.inject(0, Channel::Mdns, src(97), &first[0]);
+    net.run_for(Duration::from_millis(500));
+    net.inject(0, Channel::Mdns, src(98), &first[1]);
+    net.inject(
+        0,
+        Channel::Mdns,
+        src(99),
+        &announcement(
+            "frank@laptop",
+            "frank",
+            Some(&frank_nbhd.peer_id()),
+            Ipv4Addr::new(10, 0, 0, 99),
+            120,
+        ),
+    );
+    net.run_for(Duration::from_secs(1));
+    let flagged = |instance: &str| {
+        let p = net
+            .host(0)
+            .peers()
+            .find(|p| p.instance == instance)
+            .cloned()
+            .unwrap_or_else(|| panic!("{instance} listed"));
+        net.host(0).is_impostor(&p)
+    };
+    assert!(!flagged("bob@lab"), "the first bob is bob");
+    assert!(
+        flagged("b\u{43e}b@elsewhere"),
+        "a bob that only looks like him"
+    );
+    assert!(
+        !flagged("frank@pidgin"),
+        "the first frank is the Pidgin user"
+    );
+    assert!(flagged("frank@laptop"), "an nbhd peer taking his nick");
 }
