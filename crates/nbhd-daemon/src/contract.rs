@@ -278,6 +278,10 @@ pub struct MessageRow {
     pub via: Option<String>,
     /// Unix milliseconds.
     pub at: u64,
+    /// The sender is an nbhd identity that proved itself (an authenticated stream, a sealed
+    /// or signed frame); false for a legacy XEP-0174 client, known only by the name it claims
+    /// and the address it connects from.
+    pub verified: bool,
 }
 
 /// `nbhd doctor`: path health of one peer.
@@ -511,6 +515,8 @@ pub enum Event {
         id: String,
         text: String,
         via: String,
+        /// As [`MessageRow::verified`].
+        verified: bool,
     },
     Invitation {
         at: u64,

@@ -535,9 +535,11 @@ impl Store {
             .map_err(ctx)?;
         let rows = st
             .query_map([peer], |r| {
+                let from: String = r.get(1)?;
                 Ok(MessageRow {
                     id: r.get(0)?,
-                    from: r.get(1)?,
+                    verified: nbhd_proto::identity::is_peer_id(&from),
+                    from,
                     to: r.get(2)?,
                     from_nick: r.get(3)?,
                     to_nick: r.get(4)?,
@@ -772,6 +774,25 @@ mod tests {
             ("ME", "BOB")
         );
         assert_eq!(s.peers_named("CAROL").unwrap(), vec!["carol".to_string()]);
+        // Only a sender whose id is an identity's key is verified: a legacy client's
+        // instance is not, whatever it is called.
+        let key = "A".repeat(42) + "E";
+        s.apply("me", &msg("k1", &key, "me", "signed", Some(Via::Tcp)), 60)
+            .unwrap();
+        s.apply(
+            "me",
+            &msg("l1", "legacy:frank@box", "me", "plain", Some(Via::Tcp)),
+            70,
+        )
+        .unwrap();
+        let verified: Vec<(String, bool)> = s
+            .messages(None)
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.id == "k1" || m.id == "l1")
+            .map(|m| (m.id, m.verified))
+            .collect();
+        assert_eq!(verified, vec![("k1".into(), true), ("l1".into(), false)]);
         let seen = s.restored(100).unwrap().seen;
         assert!(seen.contains(&("carol".into(), "m2".into())));
         assert!(!seen.iter().any(|(_, id)| id.starts_with("local-")));

@@ -138,6 +138,7 @@ pub fn event(e: &node::Event, now: Instant, impostor: impl Fn(&Peer) -> bool) ->
             via,
         } => Event::Message {
             at,
+            verified: nbhd_proto::identity::is_peer_id(from),
             from: from.clone(),
             from_nick: from_nick.clone(),
             id: id.clone(),

@@ -67,6 +67,14 @@ pub fn montgomery(key: &[u8; 32]) -> Option<[u8; 32]> {
         .map(|k| k.to_montgomery().to_bytes())
 }
 
+/// True if `s` is a peer id: the unpadded base64url of 32 bytes, in its one canonical form.
+pub fn is_peer_id(s: &str) -> bool {
+    s.len() == 43
+        && URL_SAFE_NO_PAD
+            .decode(s)
+            .is_ok_and(|b| b.len() == 32 && URL_SAFE_NO_PAD.encode(&b) == s)
+}
+
 /// Checks `sig` over `msg` by the peer whose id is `peer_id`.
 pub fn verify(peer_id: &str, msg: &[u8], sig: &Signature) -> bool {
     let Ok(bytes) = URL_SAFE_NO_PAD.decode(peer_id) else {
@@ -99,5 +107,7 @@ mod tests {
         assert!(verify(&id.peer_id(), b"hello", &sig));
         assert!(!verify(&id.peer_id(), b"hellp", &sig));
         assert!(!verify("not base64!", b"hello", &sig));
+        assert!(is_peer_id(&id.peer_id()));
+        assert!(!is_peer_id("legacy:frank@box") && !is_peer_id(&id.peer_id()[1..]));
     }
 }

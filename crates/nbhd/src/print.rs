@@ -203,14 +203,24 @@ pub fn invitations(rows: Vec<InvitationRow>) {
     }
 }
 
+/// What follows the name of a sender that did not prove who it is (a legacy XEP-0174 client).
+fn unverified(verified: bool) -> &'static str {
+    if verified {
+        ""
+    } else {
+        " (unverified)"
+    }
+}
+
 pub fn messages(rows: Vec<MessageRow>) {
     if rows.is_empty() {
         line("no messages");
     }
     for r in rows {
         line(&format!(
-            "{} -> {}  ({})  {}",
+            "{}{} -> {}  ({})  {}",
             r.from_nick,
+            unverified(r.verified),
             r.to_nick,
             r.via.as_deref().unwrap_or("not delivered"),
             r.text
@@ -367,8 +377,13 @@ pub fn event(ev: &Event) -> String {
             from_nick,
             text,
             via,
+            verified,
             ..
-        } => format!("{:<13} from {from_nick}: {text} (via {via})", "message"),
+        } => format!(
+            "{:<13} from {from_nick}{}: {text} (via {via})",
+            "message",
+            unverified(*verified)
+        ),
         Event::Invitation { invitation: i, .. } => format!(
             "{:<13} from {}: {} (via {})",
             "invitation", i.from_nick, i.activity.name, i.via

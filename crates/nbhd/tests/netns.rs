@@ -402,7 +402,7 @@ fn netns_python_zeroconf_resolves_nbhd_and_nbhd_lists_zeroconf_as_legacy() {
     // nbhd lists the python-zeroconf instance as legacy.
     let row = wait_for_listed(&lab, 0, "pyzc@h3", &pub_log, "zeroconf");
     assert_eq!(row["legacy"], true);
-    assert_eq!(row["id"], "pyzc@h3");
+    assert_eq!(row["id"], "legacy:pyzc@h3");
     assert_eq!(row["status"], "away");
     assert_eq!(row["addrs"][0], h3.as_str());
 }
@@ -856,6 +856,26 @@ fn netns_legacy_xep0174_clients_get_and_send_plain_messages() {
     wait_for(Duration::from_secs(10), || read(&log).contains("sent"))
         .unwrap_or_else(|| panic!("legacy log: {}", read(&log)));
     assert!(read(&log).contains("got hi legacy"), "{}", read(&log));
+    // What it sent is stored under its instance, as unverified, and printed so.
+    let from_it = || -> Vec<Value> {
+        let (_, v) = nbhd_json(&lab, 0, &["messages"]);
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["from"] == "legacy:pyleg@h3")
+            .cloned()
+            .collect()
+    };
+    wait_for(Duration::from_secs(10), || !from_it().is_empty())
+        .unwrap_or_else(|| panic!("not stored: {:?}", nbhd_json(&lab, 0, &["messages"]).1));
+    assert!(
+        from_it().iter().all(|m| m["verified"] == false),
+        "{:?}",
+        from_it()
+    );
+    let human = nbhd(&lab, 0, &data_dir(&lab, 0), &["messages"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("(unverified) -> "), "{human}");
     let alice_log = lab.dir.join("nbhd-h1-alice.log");
     wait_for(Duration::from_secs(10), || {
         read(&alice_log).contains("leg1")

@@ -53,12 +53,15 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
     for t in &typed {
         finch.say(t);
     }
+    // A legacy client is known by the instance it claims, never under an nbhd identity, and
+    // every message of it is marked unverified.
+    let frank_id = format!("legacy:{}", finch.account);
     let from_frank = |lab: &Lab| -> Vec<String> {
         let (_, v) = nbhd_json(lab, 0, &["messages", "frank"]);
         v.as_array()
             .into_iter()
             .flatten()
-            .filter(|m| m["from"] == finch.account.as_str())
+            .filter(|m| m["from"] == frank_id.as_str() && m["verified"] == false)
             .filter_map(|m| m["text"].as_str().map(String::from))
             .collect()
     };
@@ -79,7 +82,9 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
         read(&events_log)
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["type"] == "message" && e["from"] == finch.account.as_str())
+            .filter(|e| {
+                e["type"] == "message" && e["from"] == frank_id.as_str() && e["verified"] == false
+            })
             .collect()
     };
     wait_for(Duration::from_secs(10), || shown().len() >= N)
@@ -145,7 +150,7 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|m| m["to"] == finch.account.as_str())
+        .filter(|m| m["to"] == frank_id.as_str())
         .collect();
     assert_eq!(to_frank.len(), N, "{sent}");
     assert!(to_frank.iter().all(|m| m["via"] == "tcp"), "{sent}");
@@ -170,7 +175,7 @@ fn netns_pidgin_chats_with_nbhd_both_ways_on_one_stream_and_its_status_reaches_n
     let (_, doctor) = nbhd_json(&lab, 0, &["doctor"]);
     let frank = doctor
         .as_array()
-        .and_then(|rows| rows.iter().find(|r| r["peer"] == finch.account.as_str()))
+        .and_then(|rows| rows.iter().find(|r| r["peer"] == frank_id.as_str()))
         .unwrap_or_else(|| panic!("no doctor row for frank: {doctor}"));
     assert_eq!(
         (

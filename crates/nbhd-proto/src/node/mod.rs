@@ -702,7 +702,8 @@ impl Node {
         self.messages.has_streams()
     }
 
-    /// PEER as DESIGN.md §6 has it: a nick, an instance name or a prefix of a peer id.
+    /// PEER as DESIGN.md §6 has it: a nick, an instance name or a prefix of a peer id (for a
+    /// legacy peer, whose id is `legacy:` and its instance, a prefix of its instance too).
     pub fn resolve_peer(&self, q: &str) -> Result<String, CommandError> {
         let q = q.trim();
         if q.is_empty() {
@@ -714,7 +715,10 @@ impl Node {
             .filter(|p| p.id == q || p.instance == q || p.nick == q)
             .collect();
         let pick = if exact.is_empty() {
-            peers.iter().filter(|p| p.id.starts_with(q)).collect()
+            peers
+                .iter()
+                .filter(|p| p.id.starts_with(q) || (p.legacy && p.instance.starts_with(q)))
+                .collect()
         } else {
             exact
         };
@@ -725,7 +729,7 @@ impl Node {
                 q.to_string(),
                 many.iter()
                     .map(|p| {
-                        // A legacy peer's id is its instance name: cut at a character.
+                        // A legacy peer's id holds its instance name: cut at a character.
                         let short: String = p.id.chars().take(12).collect();
                         format!("{} ({short})", p.instance)
                     })

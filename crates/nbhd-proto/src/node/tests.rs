@@ -851,7 +851,7 @@ fn an_ambiguous_peer_lists_the_candidates_even_with_non_ascii_names() {
     }
     assert_eq!(
         net.host(0).resolve_peer("aéééééé@two"),
-        Ok("aéééééé@two".to_string())
+        Ok("legacy:aéééééé@two".to_string())
     );
 }
 
@@ -1033,4 +1033,32 @@ fn a_lookalike_nick_and_an_nbhd_peer_taking_a_legacy_nick_are_flagged() {
         "the first frank is the Pidgin user"
     );
     assert!(flagged("frank@laptop"), "an nbhd peer taking his nick");
+}
+
+/// A legacy peer's id was its instance name: a host announcing a legacy instance named like
+/// bob's key took bob's place (his route, his messages). Legacy ids live under `legacy:` now.
+#[test]
+fn a_legacy_instance_named_like_bobs_key_is_never_taken_for_bob() {
+    let mut net = net(2);
+    let bob = Identity::from_secret(secret(1)).peer_id();
+    let fake = Ipv4Addr::new(10, 0, 0, 96);
+    let src = SocketAddr::new(IpAddr::V4(fake), 5353);
+    net.inject(
+        0,
+        Channel::Mdns,
+        src,
+        &announcement(&bob, "bob", None, fake, 120),
+    );
+    net.run_for(Duration::from_secs(1));
+    let ids: Vec<(String, bool)> = net
+        .host(0)
+        .peers()
+        .map(|p| (p.id.clone(), p.legacy))
+        .collect();
+    assert!(ids.contains(&(bob.clone(), false)), "{ids:?}");
+    assert!(ids.contains(&(format!("legacy:{bob}"), true)), "{ids:?}");
+    let m = send(&mut net, 0, 1, "to the real bob", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &m).expect("delivered").1, Via::Tcp);
+    assert_eq!(shown(&net, 1), vec!["to the real bob"]);
 }

@@ -31,6 +31,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use cache::{Cache, Insert};
+pub use peers::legacy_id;
 pub use wire::{Message, Name, Question, Record, RecordData, WireError};
 use wire::{TARGET_MESSAGE, TYPE_A, TYPE_AAAA, TYPE_ANY, TYPE_PTR, TYPE_SRV, TYPE_TXT};
 

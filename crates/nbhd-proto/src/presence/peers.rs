@@ -1,9 +1,15 @@
 //! Learning from responses: conflicts with our own names (RFC 6762 §9), duplicate answer
 //! suppression (§7.4), the cache, and the peer table derived from it (a peer is an instance with
-//! SRV, TXT and at least one address; its id is its key for nbhd peers, its instance name for
-//! legacy XEP-0174 peers).
+//! SRV, TXT and at least one address; its id is its key for nbhd peers, `legacy:` and its
+//! instance name for legacy XEP-0174 peers).
 
 use super::*;
+
+/// A legacy peer's id: its instance name, in a namespace no nbhd identity can enter (a ':'
+/// is never base64url), so an instance named like bob's key is never taken for bob.
+pub fn legacy_id(instance: &str) -> String {
+    format!("legacy:{instance}")
+}
 
 impl Presence {
     pub(super) fn handle_response(
@@ -138,10 +144,12 @@ impl Presence {
             let get = |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
             let instance = e.record.name.first_label().to_string();
             let legacy = get("nbhd").as_deref() != Some("1");
+            // Only a key that is one (43 base64url characters of 32 bytes) names an nbhd
+            // identity: anything else must not collide with one.
             let key = if legacy {
                 None
             } else {
-                get("key").filter(|k| !k.is_empty())
+                get("key").filter(|k| crate::identity::is_peer_id(k))
             };
             // XEP-0174 §4: `nick`, else the person's name from `1st` and `last` (libpurple
             // publishes only those), else the instance's local part.
@@ -159,7 +167,7 @@ impl Presence {
             now_peers.insert(
                 e.record.name.clone(),
                 Peer {
-                    id: key.clone().unwrap_or_else(|| instance.clone()),
+                    id: key.clone().unwrap_or_else(|| legacy_id(&instance)),
                     instance,
                     nick,
                     host: target.to_string(),

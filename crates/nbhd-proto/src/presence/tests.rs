@@ -15,8 +15,13 @@ fn addr(i: usize) -> Ipv4Addr {
     vnet::addr(i)
 }
 
+/// Node `i`'s key as TXT `key=` carries it (a real key's form: anything else is no identity).
+fn test_key(i: usize) -> String {
+    crate::identity::Identity::from_secret([i as u8 + 1; 32]).peer_id()
+}
+
 fn config(nick: &str, i: usize, ttl: Option<u32>) -> Config {
-    let key = format!("key{i}");
+    let key = test_key(i);
     Config {
         instance: format!("{nick}@lab"),
         hostname: format!("nbhd-0000000{i}"),
@@ -164,7 +169,7 @@ fn three_nodes_find_each_other_in_about_two_seconds() {
     assert_eq!(p.addrs, vec![IpAddr::V4(addr(1))]);
     assert_eq!(p.port, 5298);
     assert!(!p.legacy);
-    assert_eq!(p.id, "key1");
+    assert_eq!(p.id, test_key(1));
     assert_eq!(
         lan.events()
             .iter()
@@ -776,7 +781,7 @@ fn legacy_peer_with_txt(txt: &[&str]) -> Peer {
 fn peers_without_nbhd_are_legacy_and_keyed_by_instance() {
     let p = legacy_peer_with_txt(&["txtvers=1", "status=away"]);
     assert!(p.legacy);
-    assert_eq!(p.id, "pidgin@box");
+    assert_eq!(p.id, "legacy:pidgin@box");
     assert_eq!(p.nick, "pidgin");
     assert_eq!(p.status, "away");
 }
