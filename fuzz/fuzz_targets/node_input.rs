@@ -19,7 +19,7 @@ use nbhd_proto::identity::Identity;
 use nbhd_proto::messages::sealed::{self, Purpose, OVERHEAD};
 use nbhd_proto::activity::signed;
 use nbhd_proto::activity::wire::{Body, Kind as ActivityKind, Repr as ActivityRepr};
-use nbhd_proto::node::{Channel, Command, Config, IfaceId, Node, Restored, StreamInput};
+use nbhd_proto::node::{Channel, Command, Config, IfaceAddr, IfaceId, Node, Restored, StreamInput};
 use nbhd_proto::presence::wire::{Message, Name, Record, RecordData};
 use nbhd_proto::presence::{xep0174_txt, SERVICE_TYPE};
 
@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         Restored::default(),
         now,
     );
-    node.handle_interfaces(now, vec![(IF, vec![ip(1)])]);
+    node.handle_interfaces(now, vec![(IF, vec![IfaceAddr::new(ip(1), 24)])]);
     let mdns = |last: u8| SocketAddr::new(IpAddr::V4(ip(last)), 5353);
     let mut txt = xep0174_txt(5298, "peer", "avail", "", &peer.peer_id());
     txt.push(("probe".into(), "5299".into()));

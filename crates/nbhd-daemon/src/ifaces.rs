@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use nbhd_proto::node::IfaceAddr;
+
 use crate::error::DaemonError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,6 +13,8 @@ pub struct Iface {
     pub name: String,
     pub index: u32,
     pub addrs: Vec<Ipv4Addr>,
+    /// The same addresses with their prefix lengths (the on-link check of RFC 6762 §11).
+    pub subnets: Vec<IfaceAddr>,
 }
 
 /// Lists the interfaces to use now. Named interfaces that do not exist are a usage error.
@@ -23,9 +27,12 @@ pub fn select(wanted: &[String]) -> Result<Vec<Iface>, DaemonError> {
             name: i.name.clone(),
             index,
             addrs: vec![],
+            subnets: vec![],
         });
         if let if_addrs::IfAddr::V4(v4) = &i.addr {
             entry.addrs.push(v4.ip);
+            let prefix = u32::from(v4.netmask).leading_ones() as u8;
+            entry.subnets.push(IfaceAddr::new(v4.ip, prefix));
         }
     }
     if wanted.is_empty() {

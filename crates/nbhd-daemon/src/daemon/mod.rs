@@ -405,7 +405,7 @@ impl Daemon {
         let list = self
             .ifaces
             .values()
-            .map(|i| (IfaceId(i.index), i.addrs.clone()))
+            .map(|i| (IfaceId(i.index), i.subnets.clone()))
             .collect();
         self.node.handle_interfaces(Instant::now(), list);
     }

@@ -35,7 +35,10 @@ fn config(i: usize) -> Config {
 
 fn start(config: Config, restored: Restored, ip: std::net::Ipv4Addr, now: Instant) -> Node {
     let mut n = Node::new(config, restored, now);
-    n.handle_interfaces(now, vec![(IFACE, vec![ip])]);
+    n.handle_interfaces(
+        now,
+        vec![(IFACE, vec![crate::node::IfaceAddr::new(ip, 24)])],
+    );
     n
 }
 

@@ -38,7 +38,7 @@ use crate::presence::{self, Presence};
 
 pub use crate::activity::ActivityId;
 pub use crate::messages::ConnId;
-pub use crate::presence::{Destination, IfaceId, Peer};
+pub use crate::presence::{Destination, IfaceAddr, IfaceId, Peer};
 
 /// The neighborhood channel: a group and port of our own, not mDNS's (DESIGN.md §4.3).
 pub const COURIER_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 110, 98);
@@ -413,7 +413,7 @@ pub struct Node {
     presence: Presence,
     paths: Paths,
     messages: Messages,
-    ifaces: BTreeMap<IfaceId, Vec<Ipv4Addr>>,
+    ifaces: BTreeMap<IfaceId, Vec<IfaceAddr>>,
     /// The last path state published per peer, for `PathChanged`.
     path_states: HashMap<String, PathState>,
     next_token: u64,
@@ -738,11 +738,12 @@ impl Node {
         }
     }
 
-    /// The interfaces we serve now and their IPv4 addresses. A change after the first set is a
-    /// network change: what we knew of paths is forgotten (DESIGN.md §4.3).
-    pub fn handle_interfaces(&mut self, now: Instant, ifaces: Vec<(IfaceId, Vec<Ipv4Addr>)>) {
+    /// The interfaces we serve now and their IPv4 addresses, each with its prefix length (the
+    /// on-link check of RFC 6762 §11). A change after the first set is a network change: what
+    /// we knew of paths is forgotten (DESIGN.md §4.3).
+    pub fn handle_interfaces(&mut self, now: Instant, ifaces: Vec<(IfaceId, Vec<IfaceAddr>)>) {
         let had = !self.ifaces.is_empty();
-        let new: BTreeMap<IfaceId, Vec<Ipv4Addr>> =
+        let new: BTreeMap<IfaceId, Vec<IfaceAddr>> =
             ifaces.into_iter().filter(|(_, a)| !a.is_empty()).collect();
         if new == self.ifaces {
             return;
@@ -765,7 +766,7 @@ impl Node {
     }
 
     /// The interfaces we serve.
-    pub fn interfaces(&self) -> &BTreeMap<IfaceId, Vec<Ipv4Addr>> {
+    pub fn interfaces(&self) -> &BTreeMap<IfaceId, Vec<IfaceAddr>> {
         &self.ifaces
     }
 

@@ -39,7 +39,7 @@ fn config(i: usize) -> Config {
 
 fn start(config: Config, restored: Restored, ip: Ipv4Addr, now: Instant) -> Node {
     let mut n = Node::new(config, restored, now);
-    n.handle_interfaces(now, vec![(IFACE, vec![ip])]);
+    n.handle_interfaces(now, vec![(IFACE, vec![IfaceAddr::new(ip, 24)])]);
     n
 }
 

@@ -219,6 +219,8 @@ struct TcWait {
 #[derive(Debug)]
 struct Link {
     addrs: Vec<Ipv4Addr>,
+    /// The subnets those addresses are on: responses from anywhere else are not from this link.
+    subnets: Vec<IfaceAddr>,
     state: LinkState,
     last_multicast: HashMap<(Name, RecordData), Instant>,
     pending: Option<PendingResponse>,
@@ -335,7 +337,8 @@ impl Presence {
     }
 
     /// Adds an interface, or updates its addresses; (re)claims our names there (RFC 6762 §8).
-    pub fn set_interface(&mut self, now: Instant, iface: IfaceId, addrs: Vec<Ipv4Addr>) {
+    pub fn set_interface(&mut self, now: Instant, iface: IfaceId, subnets: Vec<IfaceAddr>) {
+        let addrs: Vec<Ipv4Addr> = subnets.iter().map(|s| s.addr).collect();
         self.now = self.now.max(now);
         if self.closed {
             return;
@@ -343,9 +346,11 @@ impl Presence {
         let probe_at = now + self.random_ms(0, PROBE_WAIT_MAX.as_millis() as u64);
         let browse_at = now + self.random_ms(BROWSE_FIRST_MS.0, BROWSE_FIRST_MS.1);
         match self.links.get_mut(&iface) {
-            Some(link) if link.addrs == addrs => {}
+            Some(link) if link.subnets == subnets => {}
+            Some(link) if link.addrs == addrs => link.subnets = subnets,
             Some(link) => {
                 link.addrs = addrs;
+                link.subnets = subnets;
                 link.state = LinkState::Probing {
                     sent: 0,
                     at: probe_at,
@@ -356,6 +361,7 @@ impl Presence {
                     iface,
                     Link {
                         addrs,
+                        subnets,
                         state: LinkState::Probing {
                             sent: 0,
                             at: probe_at,
@@ -535,6 +541,16 @@ impl Presence {
                 return Err(e);
             }
         };
+        if msg.response && !self.on_link(iface, src.ip()) {
+            // RFC 6762 §11: a response from an address on none of the interface's subnets
+            // did not come from this link (a forged source, or a router leaking it).
+            let e = WireError::Refused {
+                kind: "off-link",
+                why: "a response from an address on none of the interface's subnets",
+            };
+            *self.stats.dropped.entry(e.kind()).or_default() += 1;
+            return Err(e);
+        }
         if msg.response {
             // RFC 6762 §11: responses from a port other than 5353 are not mDNS responses.
             if src.port() != MDNS_PORT {
@@ -613,6 +629,44 @@ fn digest(bytes: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
+}
+
+/// An address of an interface we serve, with its prefix length: the subnet it is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IfaceAddr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl IfaceAddr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> IfaceAddr {
+        IfaceAddr {
+            addr,
+            prefix: prefix.min(32),
+        }
+    }
+
+    /// True if `ip` is on this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl Presence {
+    /// RFC 6762 §11: is `ip` on one of `iface`'s subnets? (IPv6 sources: not checked here;
+    /// the IPv6 issue brings link-local scopes.)
+    fn on_link(&self, iface: IfaceId, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => self
+                .links
+                .get(&iface)
+                .is_some_and(|l| l.subnets.iter().any(|s| s.contains(v4))),
+            IpAddr::V6(_) => true,
+        }
+    }
 }
 
 /// XEP-0174 §4 TXT keys, plus ours (DESIGN §4.1).

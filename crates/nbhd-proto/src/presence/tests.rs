@@ -52,7 +52,7 @@ impl Lan {
     fn add(&mut self, c: Config) -> usize {
         self.net.add(|ip, now| {
             let mut p = Presence::new(c, now);
-            p.set_interface(now, IF, vec![ip]);
+            p.set_interface(now, IF, vec![IfaceAddr::new(ip, 16)]);
             p
         })
     }
@@ -728,8 +728,11 @@ fn a_cache_flush_record_replaces_the_old_address() {
     let mut lan = Lan::new(vec![config("a", 0, None), config("b", 1, None)]);
     lan.run_for(Duration::from_secs(5));
     let now = lan.now();
-    lan.node(1)
-        .set_interface(now, IF, vec![Ipv4Addr::new(10, 0, 0, 200)]);
+    lan.node(1).set_interface(
+        now,
+        IF,
+        vec![IfaceAddr::new(Ipv4Addr::new(10, 0, 0, 200), 24)],
+    );
     lan.run_for(Duration::from_secs(5));
     let p = lan.node(0).peers().next().unwrap().clone();
     assert_eq!(p.addrs, vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 200))]);
@@ -743,6 +746,32 @@ fn a_cache_flush_record_replaces_the_old_address() {
 fn legacy_peer_with_txt(txt: &[&str]) -> Peer {
     let mut lan = Lan::new(vec![config("a", 0, None)]);
     lan.run_for(Duration::from_secs(4));
+    lan.inject(0, other(), &legacy_announcement(txt));
+    let p = lan.node(0).peers().next().unwrap().clone();
+    p
+}
+
+/// RFC 6762 §11: a response whose source is on none of the interface's subnets is not from
+/// the link; it is counted and nothing of it is taken (issue 15, forged-source floods).
+#[test]
+fn a_response_from_off_the_link_is_ignored_and_counted() {
+    let mut lan = Lan::new(vec![config("a", 0, None)]);
+    lan.run_for(Duration::from_secs(4));
+    let m = legacy_announcement(&["txtvers=1"]);
+    let off = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 168, 7, 7)), MDNS_PORT);
+    lan.inject(0, off, &m);
+    assert_eq!(lan.node(0).peers().count(), 0);
+    assert_eq!(lan.node(0).stats().dropped.get("off-link"), Some(&1));
+    lan.inject(0, other(), &m);
+    assert_eq!(
+        lan.node(0).peers().count(),
+        1,
+        "the same from the link is taken"
+    );
+}
+
+/// `pidgin@box` at 10.0.0.9 with `txt`, as one response.
+fn legacy_announcement(txt: &[&str]) -> Message {
     let svc = Name::dotted(SERVICE_TYPE);
     let inst = Name::child("pidgin@box", &svc);
     let host = Name::dotted("box.local");
@@ -772,9 +801,7 @@ fn legacy_peer_with_txt(txt: &[&str]) -> Peer {
         120,
         RecordData::A(Ipv4Addr::new(10, 0, 0, 9)),
     ));
-    lan.inject(0, other(), &m);
-    let p = lan.node(0).peers().next().unwrap().clone();
-    p
+    m
 }
 
 #[test]
