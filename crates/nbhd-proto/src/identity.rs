@@ -14,6 +14,13 @@ pub struct Identity {
     key: SigningKey,
 }
 
+/// Shows the public key only: a secret in a log or a panic message would be a leak.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.peer_id())
+    }
+}
+
 impl Identity {
     pub fn from_secret(secret: [u8; 32]) -> Identity {
         Identity {

@@ -1068,3 +1068,36 @@ fn a_member_repeating_a_nack_draws_at_most_twice_its_bytes() {
     assert!(ratio <= 2.0, "{ratio:.2}x");
     assert!(sent >= 256 * 1000, "the history went out once: {sent}");
 }
+
+/// Our TXT is signed now (`sig=`, 90 bytes more): with the most public activities advertised,
+/// names and types at their longest, every mDNS datagram we send still fits a 1400-byte MTU.
+#[test]
+fn the_signed_announcement_with_every_activity_advertised_fits_one_datagram() {
+    let mut net = net(2, 20);
+    for n in 0..6 {
+        let name = format!("{n}{}", "é".repeat(49)); // 99 bytes
+        let r = command(
+            &mut net,
+            0,
+            Command::Share {
+                name,
+                kind: "t".repeat(32),
+                private: false,
+            },
+        );
+        assert!(r.is_ok(), "{r:?}");
+    }
+    let since = net.sent.len();
+    net.run_for(Duration::from_secs(3));
+    let largest = net.sent[since..]
+        .iter()
+        .filter(|s| s.from == 0 && s.channel == crate::node::Channel::Mdns)
+        .map(|s| s.payload.len())
+        .max()
+        .expect("announced");
+    eprintln!("FIGURE the largest mDNS datagram: {largest} bytes");
+    assert!(largest <= 1400, "{largest}");
+    // And bob, who got them, lists them (the signature verified).
+    let seen = net.host(1).activities(net.now).len();
+    assert!(seen >= 4, "bob sees {seen}");
+}

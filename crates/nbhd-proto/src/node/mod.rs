@@ -482,6 +482,7 @@ impl Node {
                 other_ttl: config.record_ttl.unwrap_or(presence::DEFAULT_OTHER_TTL),
                 reannounce: true,
                 seed: config.seed,
+                signer: Some(me.clone()),
             },
             now,
         );

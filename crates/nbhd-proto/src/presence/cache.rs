@@ -26,6 +26,9 @@ pub const POOF_WINDOW: Duration = Duration::from_secs(10);
 pub const RECONFIRM_WINDOW: Duration = Duration::from_secs(10);
 /// Bound on what a crowded or hostile link can make us hold.
 pub const MAX_ENTRIES: usize = 4096;
+/// Of which this many only records of instances whose key signed them (see
+/// [`super::signed`]) may take: a flood of forged announcements fills the rest, never this.
+pub const RESERVED_FOR_PROVEN: usize = 1024;
 /// Records one source address may have in the cache ...
 pub const MAX_RECORDS_PER_SOURCE: usize = 256;
 /// ... and live instances (with an SRV record) it may announce: generous for a real host (Avahi
@@ -121,13 +124,15 @@ impl Cache {
         self.entries.iter_mut()
     }
 
-    /// Offers a record heard on `iface` at `now` (RFC 6762 §10).
+    /// Offers a record heard on `iface` at `now` (RFC 6762 §10); `proven` when it belongs to
+    /// an instance whose key signed it (it may take the reserved share).
     pub fn insert(
         &mut self,
         now: Instant,
         iface: IfaceId,
         source: IpAddr,
         r: &Record,
+        proven: bool,
         rng: &mut impl Rng,
     ) -> Insert {
         // §10.2: a cache-flush record replaces the older members of its RRset, but only those
@@ -170,7 +175,12 @@ impl Cache {
         if r.ttl == 0 {
             return Insert::Ignored;
         }
-        if self.entries.len() >= MAX_ENTRIES {
+        let room = if proven {
+            MAX_ENTRIES
+        } else {
+            MAX_ENTRIES - RESERVED_FOR_PROVEN
+        };
+        if self.entries.len() >= room {
             return Insert::Full;
         }
         if self.over_budget(source, r) && !self.evict_leftover(source, r) {

@@ -170,13 +170,32 @@ impl Presence {
     }
 
     /// Every record we own on `iface`: PTRs (shared), SRV, TXT and addresses (unique).
+    /// Our TXT pairs, with `sig=` when we have a key to sign them with.
+    pub(super) fn signed_txt(&self, host: &Name) -> Vec<(String, String)> {
+        let mut txt = self.config.txt.clone();
+        let Some(me) = &self.config.signer else {
+            return txt;
+        };
+        let bytes = signed::signed_bytes(&self.instance_label, host, self.config.port, &txt);
+        let mut cached = self.own_sig.borrow_mut();
+        let sig = match cached.as_ref() {
+            Some((b, sig)) if *b == bytes => sig.clone(),
+            _ => {
+                let sig = signed::sign(me, &self.instance_label, host, self.config.port, &txt);
+                *cached = Some((bytes, sig.clone()));
+                sig
+            }
+        };
+        txt.push((signed::SIG_KEY.into(), sig));
+        txt
+    }
+
     pub(super) fn own_records(&self, iface: IfaceId) -> Vec<Record> {
         let inst = self.instance_name();
         let host = self.host_name();
         let (ht, ot) = (self.config.host_ttl, self.config.other_ttl);
         let txt = self
-            .config
-            .txt
+            .signed_txt(&host)
             .iter()
             .map(|(k, v)| format!("{k}={v}").into_bytes())
             .collect();

@@ -18,6 +18,7 @@ mod peers;
 mod querier;
 mod rate;
 mod responder;
+pub mod signed;
 mod split;
 pub mod wire;
 
@@ -105,6 +106,9 @@ pub struct Config {
     /// Say our records again before observers would refresh them (one packet instead of a
     /// query and its answer per record lifetime). Off: plain RFC 6762, observers ask.
     pub reannounce: bool,
+    /// The identity our TXT `key=` names: it signs our records ([`signed`]). None: unsigned
+    /// (a legacy-shaped responder, in tests).
+    pub signer: Option<crate::identity::Identity>,
 }
 
 /// Where a datagram goes.
@@ -271,7 +275,16 @@ pub struct Presence {
     /// The latest time any input carried; stamps what we send.
     now: Instant,
     rates: rate::SourceRates,
+    /// Instances whose records their key signed: the signature and the bytes it covered (a
+    /// repeat of them is not checked again), at most [`MAX_PROVEN`].
+    proven: HashMap<Name, (String, Vec<u8>)>,
+    verify_budget: signed::VerifyBudget,
+    /// Our signature, and the bytes it covers (made again when they change).
+    own_sig: std::cell::RefCell<Option<(Vec<u8>, String)>>,
 }
+
+/// Instances remembered as proven (the reserved share of the cache holds about 250).
+pub const MAX_PROVEN: usize = 1024;
 
 impl Presence {
     pub fn new(config: Config, now: Instant) -> Presence {
@@ -296,6 +309,9 @@ impl Presence {
             stats: Stats::default(),
             closed: false,
             heard: Vec::new(),
+            proven: HashMap::new(),
+            verify_budget: signed::VerifyBudget::default(),
+            own_sig: std::cell::RefCell::new(None),
             config,
         }
     }

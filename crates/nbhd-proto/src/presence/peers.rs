@@ -56,12 +56,18 @@ impl Presence {
                     .any(|r| r.same_record(mine) && r.ttl >= mine.ttl)
             });
         }
+        let proven = self.prove(now, &records);
         let mut changed = false;
         for r in &records {
             if self.is_own_name(&r.name) || !self.is_relevant(r) {
                 continue;
             }
-            match self.cache.insert(now, iface, source, r, &mut self.rng) {
+            let mine = proven.contains(&r.name)
+                || matches!(&r.data, RecordData::Ptr(i) if proven.contains(i));
+            match self
+                .cache
+                .insert(now, iface, source, r, mine, &mut self.rng)
+            {
                 Insert::New | Insert::Goodbye => changed = true,
                 Insert::Refreshed => changed = true, // last_seen moves
                 Insert::Full => *self.stats.dropped.entry("cache-full").or_default() += 1,
@@ -82,6 +88,71 @@ impl Presence {
             self.update_peers();
             self.plan_resolves(now);
         }
+    }
+
+    /// The names in `records` that belong to an instance whose key signed it ([`signed`]):
+    /// the instances and their SRV targets. Each instance's signature is checked once per
+    /// change (remembered in `proven`), within the verification budget.
+    fn prove(&mut self, now: Instant, records: &[Record]) -> Vec<Name> {
+        let mut names = Vec::new();
+        for r in records.iter().filter(|r| r.ttl > 0) {
+            let RecordData::Txt(strings) = &r.data else {
+                continue;
+            };
+            if r.name.parent() != self.service {
+                continue;
+            }
+            let pairs = RecordData::txt_pairs(strings);
+            if !pairs.iter().any(|(k, _)| k == signed::SIG_KEY) {
+                self.proven.remove(&r.name);
+                continue;
+            }
+            let srv = records.iter().find_map(|s| match &s.data {
+                RecordData::Srv { port, target, .. } if s.name == r.name => {
+                    Some((*port, target.clone()))
+                }
+                _ => None,
+            });
+            let Some((port, target)) = srv else {
+                continue;
+            };
+            let instance = r.name.first_label();
+            let sig = pairs
+                .iter()
+                .find(|(k, _)| k == signed::SIG_KEY)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let bytes = signed::signed_bytes(instance, &target, port, &pairs);
+            let seen = self
+                .proven
+                .get(&r.name)
+                .is_some_and(|(s, b)| *s == sig && *b == bytes);
+            let ok = seen
+                || if self.verify_budget.take(now) {
+                    signed::verify(instance, &target, port, &pairs).is_some()
+                } else {
+                    *self.stats.dropped.entry("unverified").or_default() += 1;
+                    false
+                };
+            match ok {
+                true => {
+                    if !self.proven.contains_key(&r.name) && self.proven.len() >= MAX_PROVEN {
+                        // The oldest instance's proof goes; it is checked again when it
+                        // announces again.
+                        if let Some(k) = self.proven.keys().next().cloned() {
+                            self.proven.remove(&k);
+                        }
+                    }
+                    self.proven.insert(r.name.clone(), (sig, bytes));
+                    names.push(r.name.clone());
+                    names.push(target);
+                }
+                false => {
+                    self.proven.remove(&r.name);
+                }
+            }
+        }
+        names
     }
 
     /// Records presence keeps: service PTRs, instance SRV/TXT, and addresses.

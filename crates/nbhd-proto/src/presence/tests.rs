@@ -31,6 +31,7 @@ fn config(nick: &str, i: usize, ttl: Option<u32>) -> Config {
         other_ttl: ttl.unwrap_or(DEFAULT_OTHER_TTL),
         seed: 1000 + i as u64,
         reannounce: true,
+        signer: Some(crate::identity::Identity::from_secret([i as u8 + 1; 32])),
     }
 }
 
@@ -1140,4 +1141,46 @@ fn leftovers_give_way_to_a_new_instance_at_the_record_budget() {
         "{:?}",
         lan.peers(0)
     );
+}
+
+/// Issue 15, attack 7: forged announcements, each from a new source address on the link, filled
+/// the cache (the per-source budgets do not help against many sources) and kept a genuine
+/// newcomer unlisted for the whole flood. Now the forgeries fill only the unreserved share, and
+/// bob, whose key signs his records, is listed while the flood goes on.
+#[test]
+fn forged_announcements_from_thousands_of_addresses_leave_room_for_a_signed_newcomer() {
+    let mut lan = Lan::new(vec![config("alice", 0, None)]);
+    lan.run_for(Duration::from_secs(3));
+    let mut k: u32 = 0;
+    let mut flood = |lan: &mut Lan, n: u32| {
+        for _ in 0..n {
+            let ip = Ipv4Addr::new(10, 0, 1 + (k / 250) as u8, 1 + (k % 250) as u8);
+            let m = announcement(&format!("fake{k}@prank"), &format!("fake{k}.local"), ip);
+            lan.inject(0, SocketAddr::new(IpAddr::V4(ip), MDNS_PORT), &m);
+            k += 1;
+        }
+    };
+    flood(&mut lan, 3000);
+    let (held, bound) = lan.net.host(0).cache_size();
+    assert_eq!(
+        held,
+        cache::MAX_ENTRIES - cache::RESERVED_FOR_PROVEN,
+        "of {bound}"
+    );
+    assert!(lan.net.host(0).stats().dropped.get("cache-full").copied() > Some(0));
+    // Bob switches on while the flood goes on.
+    lan.add(config("bob", 1, None));
+    let since = lan.now();
+    let listed = loop {
+        flood(&mut lan, 50);
+        lan.run_for(Duration::from_millis(10));
+        if lan.peers(0).contains(&"bob@lab".to_string()) {
+            break Some(lan.now() - since);
+        }
+        if lan.now() - since > Duration::from_secs(20) {
+            break None;
+        }
+    };
+    let listed = listed.expect("bob listed during the flood");
+    eprintln!("FIGURE bob listed {listed:?} after he started, {k} forged instances sent");
 }
