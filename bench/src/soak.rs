@@ -202,6 +202,57 @@ pub fn mdns_flood(src: Ipv4Addr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
     }
 }
 
+/// Floods forged announcements until `stop`, each datagram from a forged source address: the
+/// host part of `src`'s /24 cycles over every address but the first `skip` (the lab's real
+/// hosts), and with `off_link` also over 192.168.77.0/24, which is on no lab interface. Built
+/// whole (IPv4 and UDP headers by hand) on a raw socket, as a hostile host would; IPv4 lets
+/// the UDP checksum be zero, and the kernel fills in the IP header's. Counts into `sent`.
+pub fn spoofed_mdns_flood(
+    src: Ipv4Addr,
+    skip: u8,
+    off_link: bool,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+    )?;
+    s.set_multicast_if_v4(&src)?;
+    s.set_multicast_ttl_v4(255)?;
+    let group = Ipv4Addr::new(224, 0, 0, 251);
+    let dest = SocketAddr::from((group, 5353)).into();
+    let [a, b, c, _] = src.octets();
+    let mut k = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let host = skip + 1 + (k % u64::from(253 - skip)) as u8;
+        let from = if off_link && k % 2 == 1 {
+            Ipv4Addr::new(192, 168, 77, host)
+        } else {
+            Ipv4Addr::new(a, b, c, host)
+        };
+        let payload = forged_announcement(k, from);
+        let udp_len = 8 + payload.len();
+        let mut p = Vec::with_capacity(20 + udp_len);
+        p.extend_from_slice(&[0x45, 0]);
+        p.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0x40, 0, 255, 17, 0, 0]);
+        p.extend_from_slice(&from.octets());
+        p.extend_from_slice(&group.octets());
+        p.extend_from_slice(&5353u16.to_be_bytes());
+        p.extend_from_slice(&5353u16.to_be_bytes());
+        p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(&payload);
+        if s.send_to(&p, &dest).is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        k += 1;
+    }
+    Ok(())
+}
+
 /// Applies the current faults: the black hole's pair and the host losing packets.
 fn apply_faults(lab: &Lab, hole: Option<(usize, usize)>, lossy: Option<usize>) {
     lab.clear_faults().expect("clear faults");

@@ -23,6 +23,8 @@ const MAX_ADVERTISED: usize = 4;
 
 /// Nicks pinned at most (a flood of names cannot grow the table, or the store, for ever).
 pub const MAX_PINS: usize = 4096;
+/// Legacy peers' nicks pinned at most (in memory).
+pub const MAX_LEGACY_PINS: usize = 1024;
 
 /// The name a nick is pinned under: its UTS #39 skeleton, lower-cased, so that nicks a person
 /// cannot tell apart ("bob", "Bob", "bоb" with a Cyrillic o, "b\u{200b}ob") pin as one.
@@ -96,17 +98,23 @@ impl Node {
             return false;
         }
         // Its own records came: its multicast reaches us.
+        let mut heard = false;
         for instance in self.presence.take_heard() {
             let id = self
                 .presence
-                .peers()
-                .find(|p| p.instance == instance && !p.legacy)
+                .peer_by_instance(&instance)
+                .filter(|p| !p.legacy)
                 .map(|p| p.id.clone());
             if let Some(id) = id {
                 self.paths.on_multicast_heard(now, &id);
+                heard = true;
             }
         }
-        true
+        // A response that changed nothing (under a flood of forgeries, nearly all) asks for
+        // nothing more: the other engines had no input, and walking every peer for path
+        // changes after each such datagram is what a flood would make us do 10,000 times a
+        // second.
+        heard || self.presence.has_output()
     }
 
     /// Parses and checks a frame on the courier or probe channel: the frame and its sender's
@@ -270,15 +278,27 @@ impl Node {
     /// stored); the same nick, or one that looks the same ([`pin_name`]), with another key is
     /// flagged, not merged. A legacy peer, which has no key, is pinned by its instance name
     /// ([`legacy_pin`]): an nbhd peer taking a Pidgin user's nick is flagged, and the reverse.
-    /// At most [`MAX_PINS`]: past that a new nick is not pinned (and not flagged).
+    /// At most [`MAX_PINS`]: past that a new nick is not pinned (and not flagged). A legacy
+    /// peer's pin is kept in memory only, at most [`MAX_LEGACY_PINS`], the oldest going first:
+    /// anyone can announce legacy instances by the thousand, and they must not fill the store.
     fn pin(&mut self, p: &Peer, key: [u8; 32]) {
         let name = pin_name(&p.nick);
-        match self.pins.get(&name) {
+        let pinned = self.pins.get(&name).or_else(|| self.legacy_pins.get(&name));
+        match pinned {
             Some(pinned) if *pinned != key => {
                 self.impostors.insert(p.id.clone());
             }
             Some(_) => {
                 self.impostors.remove(&p.id);
+            }
+            None if p.legacy => {
+                if self.legacy_pins.len() >= MAX_LEGACY_PINS {
+                    if let Some(old) = self.legacy_pin_order.pop_front() {
+                        self.legacy_pins.remove(&old);
+                    }
+                }
+                self.legacy_pins.insert(name.clone(), key);
+                self.legacy_pin_order.push_back(name);
             }
             None if self.pins.len() >= MAX_PINS => {}
             None => {
@@ -669,17 +689,23 @@ impl Node {
 
     /// `PathChanged`: a peer's path state moved (a new peer in `unknown` is no change).
     fn publish_path_changes(&mut self, now: Instant) {
-        let peers: Vec<Peer> = self.presence.peers().cloned().collect();
-        for p in peers {
-            let d = self.diagnose(now, &p);
-            let before = self.path_states.insert(p.id.clone(), d.state);
-            if before == Some(d.state) || (before.is_none() && d.state == PathState::Unknown) {
-                continue;
-            }
+        let changed: Vec<(String, String, Diagnosis)> = self
+            .presence
+            .peers()
+            .filter_map(|p| {
+                let d = self.diagnose(now, p);
+                let before = self.path_states.get(&p.id).copied();
+                let same =
+                    before == Some(d.state) || (before.is_none() && d.state == PathState::Unknown);
+                (!same).then(|| (p.id.clone(), p.nick.clone(), d))
+            })
+            .collect();
+        for (peer, nick, diagnosis) in changed {
+            self.path_states.insert(peer.clone(), diagnosis.state);
             self.events.push_back(Event::PathChanged {
-                peer: p.id.clone(),
-                nick: p.nick.clone(),
-                diagnosis: d,
+                peer,
+                nick,
+                diagnosis,
             });
         }
     }

@@ -434,6 +434,9 @@ pub struct Node {
     invited: BTreeMap<String, ActivityInfo>,
     /// Trust on first use: nick → the key first seen with it.
     pins: HashMap<String, [u8; 32]>,
+    /// ... and a legacy peer's nick → its instance's pin (not stored), oldest first.
+    legacy_pins: HashMap<String, [u8; 32]>,
+    legacy_pin_order: VecDeque<String>,
     /// Peers announcing a pinned nick with another key (by peer id).
     impostors: HashSet<String>,
     /// Each instance's peer id now: a new id for an instance replaces the old one.
@@ -536,6 +539,8 @@ impl Node {
                 }
                 pins
             },
+            legacy_pins: HashMap::new(),
+            legacy_pin_order: VecDeque::new(),
             impostors: HashSet::new(),
             ids_by_instance: HashMap::new(),
             routes: HashMap::new(),
@@ -634,6 +639,7 @@ impl Node {
         let mut t = vec![
             ("mdns-cache", cache, cache_max),
             ("pins", self.pins.len(), glue::MAX_PINS),
+            ("legacy-pins", self.legacy_pins.len(), glue::MAX_LEGACY_PINS),
         ];
         t.extend(self.messages.tables());
         t.extend(self.activities.tables());

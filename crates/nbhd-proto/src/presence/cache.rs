@@ -105,6 +105,10 @@ struct Budget {
 pub struct Cache {
     entries: Vec<Entry>,
     budgets: HashMap<IpAddr, Budget>,
+    /// How many entries each name has: a record of a name not here is new (nothing to
+    /// refresh or flush), found without walking the entries. Under a flood of forgeries,
+    /// each a new name, that walk was most of the cost of refusing one.
+    names: HashMap<Name, usize>,
 }
 
 /// The live instance an SRV record makes.
@@ -135,9 +139,10 @@ impl Cache {
         proven: bool,
         rng: &mut impl Rng,
     ) -> Insert {
+        let known = self.names.contains_key(&r.name);
         // §10.2: a cache-flush record replaces the older members of its RRset, but only those
         // older than one second, so that a burst of records of one RRset all survive.
-        if r.cache_flush && r.ttl > 0 {
+        if known && r.cache_flush && r.ttl > 0 {
             for e in self.entries.iter_mut() {
                 if e.iface == iface
                     && e.record.name == r.name
@@ -150,10 +155,13 @@ impl Cache {
                 }
             }
         }
-        let existing = self
-            .entries
-            .iter()
-            .position(|e| e.iface == iface && e.record.same_record(r));
+        let existing = known
+            .then(|| {
+                self.entries
+                    .iter()
+                    .position(|e| e.iface == iface && e.record.same_record(r))
+            })
+            .flatten();
         if let Some(i) = existing {
             let e = &mut self.entries[i];
             if r.ttl == 0 {
@@ -203,6 +211,7 @@ impl Cache {
             reconfirm: None,
         };
         e.schedule_refresh(rng);
+        *self.names.entry(r.name.clone()).or_default() += 1;
         self.entries.push(e);
         Insert::New
     }
@@ -264,7 +273,9 @@ impl Cache {
     /// The budgets counted again after entries went.
     fn recount(&mut self) {
         self.budgets.clear();
+        self.names.clear();
         for e in &self.entries {
+            *self.names.entry(e.record.name.clone()).or_default() += 1;
             let b = self.budgets.entry(e.source).or_default();
             b.records += 1;
             if let Some(i) = instance_of(&e.record) {

@@ -488,6 +488,16 @@ impl Presence {
         self.transmits.pop_front()
     }
 
+    /// True while something waits to be polled out (a transmit or an event).
+    pub fn has_output(&self) -> bool {
+        !self.transmits.is_empty() || !self.events.is_empty()
+    }
+
+    /// The peer announced under `instance`, if we list one.
+    pub fn peer_by_instance(&self, instance: &str) -> Option<&Peer> {
+        self.peers.get(&Name::child(instance, &self.service))
+    }
+
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

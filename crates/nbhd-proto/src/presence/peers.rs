@@ -27,11 +27,17 @@ impl Presence {
         }
         // §9: conflicts. Identical records are our own (or a faithful copy); different data under
         // one of our unique names is someone else claiming it.
-        let own = self.own_records(iface);
-        let own_addrs = self.all_own_addrs();
         let inst = self.instance_name();
         let host = self.host_name();
-        for r in &records {
+        // Our own records are built only when a record names us (rarely: building them signs
+        // nothing but still costs, on every datagram of a flood).
+        let names_us = records.iter().any(|r| r.name == inst || r.name == host);
+        let (own, own_addrs) = if names_us {
+            (self.own_records(iface), self.all_own_addrs())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        for r in records.iter().filter(|_| names_us) {
             let clash = if r.name == inst {
                 matches!(r.rtype(), TYPE_SRV | TYPE_TXT) && !own.iter().any(|o| o.same_record(r))
             } else if r.name == host {
