@@ -1,6 +1,7 @@
-//! What the benchmark programs share: finding the `nbhd` binary they measure, and the soak
-//! (run long by `bench/soak`, for two minutes by the test command).
+//! What the benchmark programs share: finding the `nbhd` binary they measure, the soak (run
+//! long by `bench/soak`, for two minutes by the test command), and what trust costs.
 
+pub mod crypto;
 pub mod soak;
 
 use std::path::PathBuf;

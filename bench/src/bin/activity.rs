@@ -472,4 +472,8 @@ fn main() {
             10.0 * 60.0 / CLIQUE_KEEPALIVE_S
         );
     }
+    println!("# what trust costs (issue 15), in this process:");
+    for line in nbhd_bench::crypto::costs() {
+        println!("  {line}");
+    }
 }

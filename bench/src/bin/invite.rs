@@ -264,4 +264,9 @@ fn anchor(lab: &Lab, port: &str) {
         syn_retries.trim(),
         t.elapsed().as_secs_f64()
     );
+    println!();
+    println!("# what trust costs (issue 15), in this process:");
+    for line in nbhd_bench::crypto::costs() {
+        println!("  {line}");
+    }
 }
