@@ -21,7 +21,7 @@ use nbhd_proto::activity::signed;
 use nbhd_proto::activity::wire::{Body, Kind as ActivityKind, Repr as ActivityRepr};
 use nbhd_proto::node::{Channel, Command, Config, IfaceAddr, IfaceId, Node, Restored, StreamInput};
 use nbhd_proto::presence::wire::{Message, Name, Record, RecordData};
-use nbhd_proto::presence::{xep0174_txt, SERVICE_TYPE};
+use nbhd_proto::presence::{signed as presence_signed, xep0174_txt, SERVICE_TYPE};
 
 const IF: IfaceId = IfaceId(1);
 
@@ -84,6 +84,9 @@ fuzz_target!(|data: &[u8]| {
     let mdns = |last: u8| SocketAddr::new(IpAddr::V4(ip(last)), 5353);
     let mut txt = xep0174_txt(5298, "peer", "avail", "", &peer.peer_id());
     txt.push(("probe".into(), "5299".into()));
+    // Signed by its key, as an nbhd peer's records are: an unsigned one is routed nowhere.
+    let sig = presence_signed::sign(&peer, "peer@lab", &Name::dotted("p.local"), 5298, &txt);
+    txt.push((presence_signed::SIG_KEY.into(), sig));
     node.handle_datagram(now, Channel::Mdns, IF, mdns(2), &announce("peer@lab", "p.local", 2, txt));
     node.handle_datagram(
         now,

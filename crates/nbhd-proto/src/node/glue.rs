@@ -327,6 +327,12 @@ impl Node {
                 self.forget_peer(&old);
             }
         }
+        // A key is believed once its holder proved it: an nbhd instance whose records its key
+        // did not sign is listed, flagged, and routed nowhere (anyone can write key=).
+        if !p.legacy && !p.signed {
+            self.key_conflicts.insert(p.instance.clone());
+            return;
+        }
         // One route per key: the instance that announced it first keeps it while it is here. A
         // second instance announcing the same key (from another address, or the same) is
         // flagged and moves nothing: announcing someone's key is free, proving it is not

@@ -890,17 +890,28 @@ fn an_invitation_id_never_shadows_an_activitys_name_or_id() {
     assert_eq!(n.resolve_activity("inv-1").map(|a| a.id), Ok(planted.id));
 }
 
-/// An mDNS response announcing `instance` (nick `nick`) at `ip`: an nbhd peer with `key`, or a
-/// legacy XEP-0174 one without.
-fn announcement(instance: &str, nick: &str, key: Option<&str>, ip: Ipv4Addr, ttl: u32) -> Vec<u8> {
+/// An mDNS response announcing `instance` (nick `nick`) at `ip`: an nbhd peer with `key`, its
+/// records signed by `signer` if one is given, or a legacy XEP-0174 one without a key.
+fn announcement(
+    instance: &str,
+    nick: &str,
+    key: Option<&str>,
+    signer: Option<&Identity>,
+    ip: Ipv4Addr,
+    ttl: u32,
+) -> Vec<u8> {
     use crate::presence::wire::{Message, Name, Record, RecordData};
-    use crate::presence::{xep0174_txt, SERVICE_TYPE};
+    use crate::presence::{signed, xep0174_txt, SERVICE_TYPE};
     let svc = Name::dotted(SERVICE_TYPE);
     let inst = Name::child(instance, &svc);
     let target = Name::dotted(&format!("h{}.local", ip.octets()[3]));
     let mut txt = xep0174_txt(P2PJ_PORT, nick, "avail", "", key.unwrap_or(""));
     if key.is_none() {
         txt.retain(|(k, _)| k != "key" && k != "nbhd");
+    }
+    if let Some(me) = signer {
+        let sig = signed::sign(me, instance, &target, P2PJ_PORT, &txt);
+        txt.push((signed::SIG_KEY.into(), sig));
     }
     let txt = txt
         .into_iter()
@@ -932,12 +943,15 @@ fn a_second_instance_announcing_bobs_key_is_flagged_moves_no_route_and_its_goodb
     let mut net = net(2);
     let bob = Identity::from_secret(secret(1));
     let fake = Ipv4Addr::new(10, 0, 0, 99);
-    // mallory@elsewhere at 10.0.0.99, with bob's key in its TXT.
+    // mallory@elsewhere at 10.0.0.99, with bob's key in its TXT; it cannot sign as bob, so it
+    // signs with a key of its own.
+    let mallory = Identity::from_secret([66; 32]);
     let announce = |ttl: u32| {
         announcement(
             "mallory@elsewhere",
             "mallory",
             Some(&bob.peer_id()),
+            Some(&mallory),
             fake,
             ttl,
         )
@@ -987,6 +1001,7 @@ fn a_lookalike_nick_and_an_nbhd_peer_taking_a_legacy_nick_are_flagged() {
             "frank@pidgin",
             "frank",
             None,
+            None,
             Ipv4Addr::new(10, 0, 0, 97),
             120,
         ),
@@ -994,6 +1009,7 @@ fn a_lookalike_nick_and_an_nbhd_peer_taking_a_legacy_nick_are_flagged() {
             "b\u{43e}b@elsewhere",
             "b\u{43e}b",
             Some(&lookalike.peer_id()),
+            Some(&lookalike),
             Ipv4Addr::new(10, 0, 0, 98),
             120,
         ),
@@ -1009,6 +1025,7 @@ fn a_lookalike_nick_and_an_nbhd_peer_taking_a_legacy_nick_are_flagged() {
             "frank@laptop",
             "frank",
             Some(&frank_nbhd.peer_id()),
+            Some(&frank_nbhd),
             Ipv4Addr::new(10, 0, 0, 99),
             120,
         ),
@@ -1047,7 +1064,7 @@ fn a_legacy_instance_named_like_bobs_key_is_never_taken_for_bob() {
         0,
         Channel::Mdns,
         src,
-        &announcement(&bob, "bob", None, fake, 120),
+        &announcement(&bob, "bob", None, None, fake, 120),
     );
     net.run_for(Duration::from_secs(1));
     let ids: Vec<(String, bool)> = net

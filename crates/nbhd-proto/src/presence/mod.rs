@@ -130,7 +130,8 @@ pub struct Transmit {
 /// A peer as presence knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
-    /// The peer id: the base64url public key for nbhd peers, the instance name for legacy ones.
+    /// The peer id: the base64url public key for nbhd peers, `legacy:` and the instance name
+    /// for legacy ones.
     pub id: String,
     pub instance: String,
     pub nick: String,
@@ -143,6 +144,8 @@ pub struct Peer {
     /// No `nbhd=1` in TXT: a plain XEP-0174 client (Pidgin, Salut, ...).
     pub legacy: bool,
     pub key: Option<String>,
+    /// Its key signed its records (TXT `sig=`, see [`signed`]): the key is its holder's.
+    pub signed: bool,
     pub txt: Vec<(String, String)>,
     /// When we last heard any of its records.
     pub last_seen: Instant,

@@ -109,16 +109,23 @@ impl Presence {
                 continue;
             }
             let pairs = RecordData::txt_pairs(strings);
+            // An unsigned TXT under the name proves nothing, and takes nothing away either
+            // (anyone can send one): a peer row is signed only if its own TXT was.
             if !pairs.iter().any(|(k, _)| k == signed::SIG_KEY) {
-                self.proven.remove(&r.name);
                 continue;
             }
-            let srv = records.iter().find_map(|s| match &s.data {
-                RecordData::Srv { port, target, .. } if s.name == r.name => {
+            // Its SRV in the same response, else the one we hold (a TXT that changed is
+            // announced alone).
+            let srv_of = |s: &Record| match &s.data {
+                RecordData::Srv { port, target, .. } if s.name == r.name && s.ttl > 0 => {
                     Some((*port, target.clone()))
                 }
                 _ => None,
-            });
+            };
+            let srv = records
+                .iter()
+                .find_map(srv_of)
+                .or_else(|| self.cache.entries().iter().find_map(|e| srv_of(&e.record)));
             let Some((port, target)) = srv else {
                 continue;
             };
@@ -153,9 +160,7 @@ impl Presence {
                     names.push(r.name.clone());
                     names.push(target);
                 }
-                false => {
-                    self.proven.remove(&r.name);
-                }
+                false => {}
             }
         }
         names
@@ -241,6 +246,12 @@ impl Presence {
                 .filter(|n| !n.trim().is_empty())
                 .or(Some(full_name).filter(|n| !n.is_empty()))
                 .unwrap_or_else(|| instance.split('@').next().unwrap_or(&instance).to_string());
+            // Signed only if what we show is exactly what its key signed.
+            let signed = !legacy
+                && key.is_some()
+                && self.proven.get(&e.record.name).is_some_and(|(_, b)| {
+                    *b == signed::signed_bytes(&instance, target, *port, &pairs)
+                });
             now_peers.insert(
                 e.record.name.clone(),
                 Peer {
@@ -253,6 +264,7 @@ impl Presence {
                     status: get("status").unwrap_or_else(|| "avail".into()),
                     msg: get("msg").unwrap_or_default(),
                     legacy,
+                    signed,
                     key,
                     txt: pairs,
                     last_seen,
