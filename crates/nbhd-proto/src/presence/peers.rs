@@ -147,21 +147,19 @@ impl Presence {
                     *self.stats.dropped.entry("unverified").or_default() += 1;
                     false
                 };
-            match ok {
-                true => {
-                    if !self.proven.contains_key(&r.name) && self.proven.len() >= MAX_PROVEN {
-                        // The oldest instance's proof goes; it is checked again when it
-                        // announces again.
-                        if let Some(k) = self.proven.keys().next().cloned() {
-                            self.proven.remove(&k);
-                        }
-                    }
-                    self.proven.insert(r.name.clone(), (sig, bytes));
-                    names.push(r.name.clone());
-                    names.push(target);
-                }
-                false => {}
+            if !ok {
+                continue;
             }
+            if !self.proven.contains_key(&r.name) && self.proven.len() >= MAX_PROVEN {
+                // Some other instance's proof goes (a map has no order: not the oldest, but
+                // one); it is checked again when that instance announces again.
+                if let Some(k) = self.proven.keys().next().cloned() {
+                    self.proven.remove(&k);
+                }
+            }
+            self.proven.insert(r.name.clone(), (sig, bytes));
+            names.push(r.name.clone());
+            names.push(target);
         }
         names
     }
