@@ -67,10 +67,13 @@ impl Identity {
     }
 }
 
-/// A peer's ed25519 public key in its X25519 (Montgomery) form, if it is a valid key.
+/// A peer's ed25519 public key in its X25519 (Montgomery) form, if it is a valid key. A weak
+/// key (of small order: the all-zero bytes are one) has none: an agreement with it is a value
+/// anyone knows, so a handshake or a seal "proving" it would prove nothing.
 pub fn montgomery(key: &[u8; 32]) -> Option<[u8; 32]> {
     VerifyingKey::from_bytes(key)
         .ok()
+        .filter(|k| !k.is_weak())
         .map(|k| k.to_montgomery().to_bytes())
 }
 
@@ -116,5 +119,11 @@ mod tests {
         assert!(!verify("not base64!", b"hello", &sig));
         assert!(is_peer_id(&id.peer_id()));
         assert!(!is_peer_id("legacy:frank@box") && !is_peer_id(&id.peer_id()[1..]));
+        // Small-order keys have no X25519 form we would agree with.
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        assert!(montgomery(&identity_point).is_none());
+        assert!(montgomery(&[0; 32]).is_none());
+        assert!(montgomery(&id.public()).is_some());
     }
 }

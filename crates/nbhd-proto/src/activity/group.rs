@@ -742,6 +742,15 @@ impl Group {
         if d.repair {
             self.note_sent(now, (sender, d.pkt));
         }
+        // A copy of what we hold (a repair for someone else, a replay) costs no signature check.
+        if self
+            .senders
+            .get(&sender)
+            .is_some_and(|s| d.pkt <= s.handed || s.buffer.contains_key(&d.pkt))
+        {
+            out.stats.duplicates += 1;
+            return;
+        }
         // A whole post in one packet is checked before it takes its slot, so a forgery never
         // keeps the genuine post out; a longer one is checked once complete (advance_one).
         if d.frags == 1

@@ -1079,3 +1079,45 @@ fn a_legacy_instance_named_like_bobs_key_is_never_taken_for_bob() {
     assert_eq!(delivered(&net, &m).expect("delivered").1, Via::Tcp);
     assert_eq!(shown(&net, 1), vec!["to the real bob"]);
 }
+
+/// Issue 15 (review): another host's goodbye for bob's records removed bob, and its cache-flush
+/// address record for bob's host name moved alice's route to bob onto itself. A goodbye or a
+/// flush counts only from the host that brought the record, and a peer's address is the one
+/// its own source gave.
+#[test]
+fn another_hosts_goodbye_or_flush_for_bobs_records_changes_nothing() {
+    use crate::presence::wire::{Message, Name, Record, RecordData};
+    use crate::presence::SERVICE_TYPE;
+    let mut net = net(2);
+    let bob = Identity::from_secret(secret(1));
+    let target = Name::dotted(&format!("{}.local", bob.hostname_label()));
+    let inst = Name::child("bob@lab", &Name::dotted(SERVICE_TYPE));
+    let mut m = Message::response();
+    m.answers.push(Record::new(
+        inst,
+        0,
+        RecordData::Srv {
+            priority: 0,
+            weight: 0,
+            port: P2PJ_PORT,
+            target: target.clone(),
+        },
+    ));
+    let mut a = Record::new(target, 120, RecordData::A(Ipv4Addr::new(10, 0, 0, 77)));
+    a.cache_flush = true;
+    m.answers.push(a);
+    let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 77)), 5353);
+    net.run_for(Duration::from_secs(2)); // past the one-second flush grace of bob's records
+    net.inject(0, Channel::Mdns, src, &m.emit());
+    net.run_for(Duration::from_secs(3));
+    let row = net
+        .host(0)
+        .peers()
+        .find(|p| p.id == bob.peer_id())
+        .cloned()
+        .expect("bob still listed");
+    assert_eq!(row.addrs, vec![IpAddr::V4(vnet::addr(1))], "{row:?}");
+    let m = send(&mut net, 0, 1, "still bob's", Duration::from_secs(5));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(delivered(&net, &m).expect("delivered").1, Via::Tcp);
+}

@@ -142,9 +142,12 @@ impl Cache {
         let known = self.names.contains_key(&r.name);
         // §10.2: a cache-flush record replaces the older members of its RRset, but only those
         // older than one second, so that a burst of records of one RRset all survive.
+        // Only records the same source brought: one host's cache-flush (or goodbye) never
+        // flushes what another announced (a forged one would move a peer's address).
         if known && r.cache_flush && r.ttl > 0 {
             for e in self.entries.iter_mut() {
                 if e.iface == iface
+                    && e.source == source
                     && e.record.name == r.name
                     && e.record.rtype() == r.rtype()
                     && e.record.data != r.data
@@ -164,6 +167,9 @@ impl Cache {
             .flatten();
         if let Some(i) = existing {
             let e = &mut self.entries[i];
+            if r.ttl == 0 && e.source != source {
+                return Insert::Ignored; // another host's goodbye for this one's record
+            }
             if r.ttl == 0 {
                 // §10.1: a goodbye; keep it one more second.
                 e.expires = e.expires.min(now + FLUSH_DELAY);

@@ -563,14 +563,10 @@ impl Presence {
             *self.stats.dropped.entry(e.kind()).or_default() += 1;
             return Err(e);
         }
-        let msg = match Message::parse(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                *self.stats.dropped.entry(e.kind()).or_default() += 1;
-                return Err(e);
-            }
-        };
-        if msg.response && !self.on_link(iface, src.ip()) {
+        // The QR bit (RFC 1035 §4.1.1), read before parsing: a response from off the link
+        // costs no parse.
+        let response = bytes.get(2).is_some_and(|b| b & 0x80 != 0);
+        if response && !self.on_link(iface, src.ip()) {
             // RFC 6762 §11: a response from an address on none of the interface's subnets
             // did not come from this link (a forged source, or a router leaking it).
             let e = WireError::Refused {
@@ -580,6 +576,13 @@ impl Presence {
             *self.stats.dropped.entry(e.kind()).or_default() += 1;
             return Err(e);
         }
+        let msg = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                *self.stats.dropped.entry(e.kind()).or_default() += 1;
+                return Err(e);
+            }
+        };
         if msg.response {
             // RFC 6762 §11: responses from a port other than 5353 are not mDNS responses.
             if src.port() != MDNS_PORT {
@@ -685,14 +688,18 @@ impl IfaceAddr {
 }
 
 impl Presence {
-    /// RFC 6762 §11: is `ip` on one of `iface`'s subnets? (IPv6 sources: not checked here;
-    /// the IPv6 issue brings link-local scopes.)
+    /// RFC 6762 §11: is `ip` on one of `iface`'s subnets? An interface whose addresses are
+    /// all /31 or /32 (point-to-point, some VPNs) has no subnet to check against: everything
+    /// is taken. (IPv6 sources: not checked here; the IPv6 issue brings link-local scopes.)
     fn on_link(&self, iface: IfaceId, ip: IpAddr) -> bool {
+        let Some(link) = self.links.get(&iface) else {
+            return false;
+        };
         match ip {
-            IpAddr::V4(v4) => self
-                .links
-                .get(&iface)
-                .is_some_and(|l| l.subnets.iter().any(|s| s.contains(v4))),
+            IpAddr::V4(v4) => {
+                link.subnets.iter().all(|s| s.prefix >= 31)
+                    || link.subnets.iter().any(|s| s.contains(v4))
+            }
             IpAddr::V6(_) => true,
         }
     }

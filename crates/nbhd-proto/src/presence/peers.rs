@@ -175,17 +175,29 @@ impl Presence {
     }
 
     pub(super) fn update_peers(&mut self) {
+        /// Of `all`, those `source` brought, when it brought any; else all.
+        fn from_source<'a>(
+            all: Option<&Vec<&'a cache::Entry>>,
+            source: IpAddr,
+        ) -> Vec<&'a cache::Entry> {
+            let all = all.map(|v| v.as_slice()).unwrap_or_default();
+            let own: Vec<&cache::Entry> =
+                all.iter().copied().filter(|x| x.source == source).collect();
+            if own.is_empty() {
+                all.to_vec()
+            } else {
+                own
+            }
+        }
         let mut now_peers: BTreeMap<Name, Peer> = BTreeMap::new();
         let entries = self.cache.entries();
         // TXT records and addresses by owner name, indexed once: each SRV then finds its own in
         // constant time, so the table is rebuilt in time linear in the cache.
-        let mut txts: HashMap<&Name, &cache::Entry> = HashMap::new();
+        let mut txts: HashMap<&Name, Vec<&cache::Entry>> = HashMap::new();
         let mut addresses: HashMap<&Name, Vec<&cache::Entry>> = HashMap::new();
         for e in entries {
             match e.record.rtype() {
-                TYPE_TXT => {
-                    txts.entry(&e.record.name).or_insert(e);
-                }
+                TYPE_TXT => txts.entry(&e.record.name).or_default().push(e),
                 TYPE_A | TYPE_AAAA => addresses.entry(&e.record.name).or_default().push(e),
                 _ => {}
             }
@@ -197,12 +209,18 @@ impl Presence {
             if e.record.name.parent() != self.service || now_peers.contains_key(&e.record.name) {
                 continue;
             }
-            let Some(txt) = txts.get(&e.record.name).copied() else {
+            // The TXT and addresses the SRV's own source brought, when it brought any: another
+            // host adding a TXT or an address under the same names changes nothing (it would
+            // otherwise move a peer's route to itself).
+            let Some(txt) = from_source(txts.get(&e.record.name), e.source)
+                .first()
+                .copied()
+            else {
                 continue;
             };
             let mut addrs: Vec<IpAddr> = Vec::new();
             let mut last_seen = e.received.max(txt.received);
-            for a in addresses.get(target).into_iter().flatten() {
+            for a in from_source(addresses.get(target), e.source) {
                 let ip = match a.record.data {
                     RecordData::A(ip) => IpAddr::V4(ip),
                     RecordData::Aaaa(ip) => IpAddr::V6(ip),
