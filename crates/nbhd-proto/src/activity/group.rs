@@ -577,7 +577,7 @@ impl Group {
                     "a control frame older than its sender's last".into(),
                 );
             }
-            self.note_counter(r.sender, counter);
+            self.note_counter(out.known, r.sender, counter);
         }
         // Every frame is sealed under a fresh random nonce: one seen before is a replay (of a
         // capture: it needs no key). Remembered for the last REPLAY_WINDOW frames.
@@ -618,18 +618,24 @@ impl Group {
         }
     }
 
-    /// The last control counter of `sender`. The table is bounded: past its bound the
-    /// smallest counters go (frames that old would hardly be replayed to anyone still here).
-    fn note_counter(&mut self, sender: [u8; 32], counter: u64) {
+    /// The last control counter of `sender`. The table is bounded: past its bound a
+    /// stranger's counter goes (the smallest), never a peer's while a stranger's is left, so
+    /// keys invented by the thousand cannot push a member's out and replay its captured frames.
+    fn note_counter(
+        &mut self,
+        known: &std::collections::HashSet<[u8; 32]>,
+        sender: [u8; 32],
+        counter: u64,
+    ) {
         self.counters.insert(sender, counter);
         if self.counters.len() > MAX_COUNTERS {
-            if let Some(oldest) = self
+            let victim = self
                 .counters
                 .iter()
-                .min_by_key(|(_, c)| **c)
-                .map(|(k, _)| *k)
-            {
-                self.counters.remove(&oldest);
+                .min_by_key(|(k, c)| (known.contains(*k), **c))
+                .map(|(k, _)| *k);
+            if let Some(k) = victim {
+                self.counters.remove(&k);
             }
         }
     }

@@ -202,9 +202,10 @@ impl SecureChannel {
                 "encrypted data before the handshake ended",
             ));
         };
-        let sealed = STANDARD
-            .decode(e.text_content().trim())
-            .map_err(|_| ChannelError::Decrypt)?;
+        let Ok(sealed) = STANDARD.decode(e.text_content().trim()) else {
+            self.state = State::Failed;
+            return Err(ChannelError::Decrypt);
+        };
         if sealed.len() > MAX_MESSAGE {
             self.state = State::Failed;
             return Err(ChannelError::Decrypt);

@@ -323,3 +323,47 @@ fn a_receipt_relayed_in_bobs_name_but_not_sealed_by_him_is_not_believed() {
     let refused = a.m.stats().dropped.get(&DropReason::Unsealable).copied();
     assert_eq!(refused, Some(2), "{:?}", a.m.stats().dropped);
 }
+
+/// The end of an encrypted stream is sealed too: ours goes inside the channel, and one in clear
+/// (anyone on the path could write it) breaks the stream instead of ending it cleanly.
+#[test]
+fn an_encrypted_stream_ends_inside_the_channel_and_a_clear_end_is_a_break() {
+    let now = Instant::now();
+    let (mut a, mut b) = alice_and_bob();
+    b.m.send(now, &a.id.peer_id(), "hello", T, &mut b.paths);
+    let _ = carry(now, &mut a, &mut b);
+    // Alice ends her side: no `</stream:stream>` in clear.
+    a.m.close(now);
+    let (actions, _) = drain(&mut a, now);
+    let sent: Vec<u8> = actions
+        .iter()
+        .filter_map(|x| match x {
+            Action::Send { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    let text = String::from_utf8_lossy(&sent);
+    assert!(!text.contains("</stream:stream>"), "{text}");
+    assert!(text.contains("urn:nbhd:noise:0"), "{text}");
+    // On a fresh pair, a clear end injected into bob's stream to alice breaks it: alice closes
+    // it as a failure (its stanzas would go by the courier), not as an end.
+    let (mut a, mut b) = alice_and_bob();
+    b.m.send(now, &a.id.peer_id(), "hello", T, &mut b.paths);
+    let _ = carry(now, &mut a, &mut b);
+    a.m.handle_data(now, ACCEPTED, xml::STREAM_END, &mut a.paths);
+    let (actions, _) = drain(&mut a, now);
+    assert!(
+        actions.contains(&Action::Close { conn: ACCEPTED }),
+        "{actions:?}"
+    );
+    let replied: Vec<u8> = actions
+        .iter()
+        .filter_map(|x| match x {
+            Action::Send { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .concat();
+    assert!(replied.is_empty(), "no end answered in kind: {replied:?}");
+}

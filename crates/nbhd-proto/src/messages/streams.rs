@@ -63,6 +63,11 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// Its secure channel is open: everything it carries is sealed.
+    fn is_sealed(&self) -> bool {
+        self.secure.as_ref().is_some_and(SecureChannel::is_open)
+    }
+
     fn new(now: Instant, outgoing: bool, remote: SocketAddr) -> Conn {
         Conn {
             peer: None,
@@ -243,6 +248,13 @@ impl Messages {
             match ev {
                 StreamEvent::Header(attrs) => self.on_header(now, conn, &attrs, paths),
                 StreamEvent::Stanza(e) => self.on_stream_stanza(now, conn, e, paths),
+                StreamEvent::End if self.conns.get(&conn).is_some_and(Conn::is_sealed) => {
+                    // An end in clear on an encrypted stream is not the peer's word: anyone
+                    // on the path could have written it. The stream is broken, not ended.
+                    self.actions.push_back(Action::Close { conn });
+                    self.handle_closed(now, conn, true, paths);
+                    return;
+                }
                 StreamEvent::End => {
                     // RFC 6120 §4.4: answered with our own end (unless we ended first), then
                     // the close.
@@ -398,10 +410,14 @@ impl Messages {
         let peer = c.peer.clone();
         if c.header_sent {
             c.ending = Some(now);
-            self.actions.push_back(Action::Send {
-                conn,
-                bytes: xml::STREAM_END.to_vec(),
-            });
+            // Inside the secure channel once it is open: only an end the peer sealed is its
+            // word (one in clear could be anyone's).
+            let bytes = c
+                .secure
+                .as_mut()
+                .and_then(|s| s.seal(xml::STREAM_END))
+                .unwrap_or_else(|| xml::STREAM_END.to_vec());
+            self.actions.push_back(Action::Send { conn, bytes });
         } else {
             self.conns.remove(&conn);
             self.actions.push_back(Action::Close { conn });
