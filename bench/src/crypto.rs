@@ -9,7 +9,7 @@ use nbhd_proto::activity::{signed, ActivityId, Post};
 use nbhd_proto::identity::Identity;
 use nbhd_proto::messages::noise::{SecureChannel, Step};
 use nbhd_proto::messages::sealed::{self, Purpose};
-use nbhd_proto::messages::xml::{stream_header, StreamEvent, StreamParser};
+use nbhd_proto::messages::xml::parse_stanzas;
 
 /// Microseconds per call of `f`, over `n` calls.
 fn us(n: u32, mut f: impl FnMut()) -> f64 {
@@ -21,16 +21,7 @@ fn us(n: u32, mut f: impl FnMut()) -> f64 {
 }
 
 fn elements(bytes: &[u8]) -> Vec<nbhd_proto::messages::xml::Element> {
-    let mut p = StreamParser::new();
-    let mut all = stream_header("", "");
-    all.extend_from_slice(bytes);
-    let _ = p.feed(&all);
-    std::iter::from_fn(|| p.poll_event())
-        .filter_map(|e| match e {
-            StreamEvent::Stanza(s) => Some(s),
-            _ => None,
-        })
-        .collect()
+    parse_stanzas(bytes).expect("our own bytes parse")
 }
 
 /// The costs, one line each, ready to print.

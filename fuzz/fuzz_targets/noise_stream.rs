@@ -12,7 +12,7 @@ use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
 use nbhd_proto::identity::Identity;
 use nbhd_proto::messages::noise::{SecureChannel, Step, NS_NOISE};
-use nbhd_proto::messages::xml::{stream_header, Element, StreamEvent, StreamParser};
+use nbhd_proto::messages::xml::{parse_stanzas, Element};
 
 fn element(name: &str, text: &str) -> Element {
     Element::new(NS_NOISE, name).text(text)
@@ -20,16 +20,7 @@ fn element(name: &str, text: &str) -> Element {
 
 /// The `<handshake>` inside our own bytes.
 fn parse(bytes: &[u8]) -> Vec<Element> {
-    let mut p = StreamParser::new();
-    let mut all = stream_header("", "");
-    all.extend_from_slice(bytes);
-    p.feed(&all).expect("our own bytes parse");
-    std::iter::from_fn(|| p.poll_event())
-        .filter_map(|e| match e {
-            StreamEvent::Stanza(s) => Some(s),
-            _ => None,
-        })
-        .collect()
+    parse_stanzas(bytes).expect("our own bytes parse")
 }
 
 /// A genuine, open pair: (initiator, responder).

@@ -23,7 +23,7 @@ use base64::Engine as _;
 
 use super::sealed::{self, Purpose};
 use super::stanza::{self, Activity, Stanza, StanzaError};
-use super::xml::{self, Element, StreamParser};
+use super::xml::{self, Element};
 use super::{Action, ConnId, Event, Messages, PeerInfo, Received};
 use crate::drops::DropReason;
 use crate::frame::{self, Kind};
@@ -505,8 +505,10 @@ impl Messages {
     /// A courier frame to `to` carrying `stanza` sealed to it: the frame's signature says who
     /// sent it, the seal that nobody else on the link reads it.
     fn courier_frame(&mut self, kind: Kind, to: &[u8; 32], id: u64, stanza: Vec<u8>) {
-        let Ok(payload) = sealed::seal(&self.me, to, Purpose::Courier, self.rng.gen(), &stanza)
-        else {
+        let me = self.me.public();
+        let Ok(payload) = self.pairs.get(&self.me, to).and_then(|shared| {
+            sealed::seal_shared(&shared, &me, to, Purpose::Courier, self.rng.gen(), &stanza)
+        }) else {
             return;
         };
         let repr = frame::Repr {
@@ -523,27 +525,26 @@ impl Messages {
 
     /// A courier frame (or its receipt) from `peer`, already verified by the Node.
     pub fn handle_courier(&mut self, now: Instant, peer: &str, f: &frame::Repr, paths: &mut Paths) {
-        let Ok(stanza) = sealed::open(&self.me, &f.sender, Purpose::Courier, &f.payload) else {
+        let me = self.me.public();
+        let opened = self.pairs.get(&self.me, &f.sender).and_then(|shared| {
+            sealed::open_shared(&shared, &f.sender, &me, Purpose::Courier, &f.payload)
+        });
+        let Ok(stanza) = opened else {
             return self.drop_input(
                 peer,
                 DropReason::Unsealable,
                 "a courier frame not sealed to us by its sender".into(),
             );
         };
-        let mut p = StreamParser::new();
-        let mut wrapped = xml::stream_header("", "");
-        wrapped.extend_from_slice(&stanza);
-        if p.feed(&wrapped).is_err() {
+        let Ok(stanzas) = xml::parse_stanzas(&stanza) else {
             return self.drop_input(
                 peer,
                 DropReason::MalformedStanza,
                 "courier payload is not a stanza".into(),
             );
-        }
-        while let Some(ev) = p.poll_event() {
-            if let xml::StreamEvent::Stanza(e) = ev {
-                self.on_stanza(now, peer, e, Via::Courier, None, None, paths);
-            }
+        };
+        for e in stanzas {
+            self.on_stanza(now, peer, e, Via::Courier, None, None, paths);
         }
     }
 
@@ -641,17 +642,18 @@ impl Messages {
 
     /// Asks `relay` to carry `stanza` to `to`, sealed to it.
     fn relay_via(&mut self, now: Instant, relay: &str, to: &str, stanza: &Element) {
-        let (Some(info), Some(target)) = (self.peers.get(relay).cloned(), self.peers.get(to))
-        else {
+        let (Some(info), Some(target)) = (
+            self.peers.get(relay).cloned(),
+            self.peers.get(to).map(|t| t.key),
+        ) else {
             return;
         };
-        let Ok(boxed) = sealed::seal(
-            &self.me,
-            &target.key,
-            Purpose::Relay,
-            self.rng.gen(),
-            &stanza.to_stanza_bytes(),
-        ) else {
+        let me = self.me.public();
+        let nonce = self.rng.gen();
+        let Ok(boxed) = self.pairs.get(&self.me, &target).and_then(|shared| {
+            let plain = stanza.to_stanza_bytes();
+            sealed::seal_shared(&shared, &me, &target, Purpose::Relay, nonce, &plain)
+        }) else {
             return;
         };
         let id = self.new_id();
@@ -693,10 +695,15 @@ impl Messages {
                 format!("relayed stanza from {origin:?}: not an nbhd peer we know"),
             );
         };
+        let me = self.me.public();
+        let shared = self.pairs.get(&self.me, &key).ok();
         let opened = r
             .get_child(NS_RELAY, "sealed")
             .and_then(|b| STANDARD.decode(b.text_content().trim()).ok())
-            .and_then(|b| sealed::open(&self.me, &key, Purpose::Relay, &b).ok());
+            .zip(shared)
+            .and_then(|(b, shared)| {
+                sealed::open_shared(&shared, &key, &me, Purpose::Relay, &b).ok()
+            });
         let Some(bytes) = opened else {
             return self.drop_input(
                 &origin,
@@ -704,15 +711,9 @@ impl Messages {
                 format!("relayed by {relayer}: not sealed to us by {origin}"),
             );
         };
-        let mut p = StreamParser::new();
-        let mut wrapped = xml::stream_header("", "");
-        wrapped.extend_from_slice(&bytes);
-        let inner = p.feed(&wrapped).ok().and_then(|()| {
-            std::iter::from_fn(|| p.poll_event()).find_map(|ev| match ev {
-                xml::StreamEvent::Stanza(s) => Some(s),
-                _ => None,
-            })
-        });
+        let inner = xml::parse_stanzas(&bytes)
+            .ok()
+            .and_then(|s| s.into_iter().next());
         let Some(inner) = inner else {
             return self.drop_input(
                 &origin,

@@ -163,6 +163,8 @@ pub struct Messages {
     /// must be unpredictable to others.
     rng: StdRng,
     stats: Stats,
+    /// X25519 agreements with peers, for what is sealed to them (courier, relay).
+    pairs: sealed::Pairs,
 }
 
 /// Stanza ids remembered in memory, the newest; the store keeps them a week (older copies of
@@ -218,6 +220,7 @@ impl Messages {
             events: VecDeque::new(),
             rng,
             stats: Stats::default(),
+            pairs: sealed::Pairs::default(),
         }
     }
 

@@ -375,29 +375,11 @@ mod tests {
     use super::*;
 
     fn element(bytes: &[u8]) -> Element {
-        let mut p = StreamParser::new();
-        let mut all = xml::stream_header("", "");
-        all.extend_from_slice(bytes);
-        p.feed(&all).expect("well-formed");
-        let _header = p.poll_event();
-        match p.poll_event() {
-            Some(StreamEvent::Stanza(e)) => e,
-            other => panic!("not a stanza: {other:?}"),
-        }
+        elements(bytes).remove(0)
     }
 
     fn elements(bytes: &[u8]) -> Vec<Element> {
-        let mut p = StreamParser::new();
-        let mut all = xml::stream_header("", "");
-        all.extend_from_slice(bytes);
-        p.feed(&all).expect("well-formed");
-        let mut out = Vec::new();
-        while let Some(ev) = p.poll_event() {
-            if let StreamEvent::Stanza(e) = ev {
-                out.push(e);
-            }
-        }
-        out
+        xml::parse_stanzas(bytes).expect("well-formed")
     }
 
     /// Runs XX between `a` (initiator) and `b`: both channels, open.

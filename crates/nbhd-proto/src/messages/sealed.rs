@@ -55,8 +55,9 @@ fn key(shared: &[u8; 32], from: &[u8; 32], to: &[u8; 32], purpose: Purpose) -> [
         .into()
 }
 
-/// `me`'s X25519 agreement with the peer whose ed25519 key is `peer`.
-fn shared(me: &Identity, peer: &[u8; 32]) -> Result<[u8; 32], Unsealable> {
+/// `me`'s X25519 agreement with the peer whose ed25519 key is `peer`: the same for every box
+/// between the two, so a sender may keep it ([`Pairs`]) rather than agree again per box.
+pub fn shared(me: &Identity, peer: &[u8; 32]) -> Result<[u8; 32], Unsealable> {
     let point = identity::montgomery(peer).ok_or(Unsealable)?;
     let s = me.agree(&point);
     // A low-order point gives an all-zero secret anyone knows.
@@ -74,7 +75,19 @@ pub fn seal(
     nonce: [u8; NONCE_LEN],
     plain: &[u8],
 ) -> Result<Vec<u8>, Unsealable> {
-    let k = key(&shared(me, to)?, &me.public(), to, purpose);
+    seal_shared(&shared(me, to)?, &me.public(), to, purpose, nonce, plain)
+}
+
+/// [`seal`] with the agreement already made ([`shared`]).
+pub fn seal_shared(
+    shared: &[u8; 32],
+    from: &[u8; 32],
+    to: &[u8; 32],
+    purpose: Purpose,
+    nonce: [u8; NONCE_LEN],
+    plain: &[u8],
+) -> Result<Vec<u8>, Unsealable> {
+    let k = key(shared, from, to, purpose);
     let sealed = XChaCha20Poly1305::new((&k).into())
         .encrypt(
             XNonce::from_slice(&nonce),
@@ -96,11 +109,22 @@ pub fn open(
     purpose: Purpose,
     sealed: &[u8],
 ) -> Result<Vec<u8>, Unsealable> {
+    open_shared(&shared(me, from)?, from, &me.public(), purpose, sealed)
+}
+
+/// [`open`] with the agreement already made ([`shared`]).
+pub fn open_shared(
+    shared: &[u8; 32],
+    from: &[u8; 32],
+    to: &[u8; 32],
+    purpose: Purpose,
+    sealed: &[u8],
+) -> Result<Vec<u8>, Unsealable> {
     if sealed.len() < OVERHEAD {
         return Err(Unsealable);
     }
     let (nonce, body) = sealed.split_at(NONCE_LEN);
-    let k = key(&shared(me, from)?, from, &me.public(), purpose);
+    let k = key(shared, from, to, purpose);
     XChaCha20Poly1305::new((&k).into())
         .decrypt(
             XNonce::from_slice(nonce),
@@ -110,6 +134,32 @@ pub fn open(
             },
         )
         .map_err(|_| Unsealable)
+}
+
+/// The agreements made with peers lately, so that a courier delivery and its receipt cost no
+/// X25519 each (it was a quarter of a millisecond per round trip: a quarter of the courier's
+/// latency). At most [`MAX_PAIRS`]; past that it starts again.
+#[derive(Default)]
+pub struct Pairs {
+    by_key: std::collections::HashMap<[u8; 32], [u8; 32]>,
+}
+
+/// Peers whose agreement is kept.
+pub const MAX_PAIRS: usize = 1024;
+
+impl Pairs {
+    /// `me`'s agreement with `peer`, made once.
+    pub fn get(&mut self, me: &Identity, peer: &[u8; 32]) -> Result<[u8; 32], Unsealable> {
+        if let Some(s) = self.by_key.get(peer) {
+            return Ok(*s);
+        }
+        let s = shared(me, peer)?;
+        if self.by_key.len() >= MAX_PAIRS {
+            self.by_key.clear();
+        }
+        self.by_key.insert(*peer, s);
+        Ok(s)
+    }
 }
 
 #[cfg(test)]

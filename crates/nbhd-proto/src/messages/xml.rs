@@ -223,6 +223,20 @@ impl fmt::Display for StreamError {
 
 impl std::error::Error for StreamError {}
 
+/// The stanzas in `bytes` taken as a stream's content (what a courier frame, a relay's sealed
+/// box or a secure channel's plaintext carries: stanzas without a header of their own).
+pub fn parse_stanzas(bytes: &[u8]) -> Result<Vec<Element>, StreamError> {
+    let mut p = StreamParser::new();
+    p.feed(&stream_header("", ""))?;
+    p.feed(bytes)?;
+    Ok(std::iter::from_fn(|| p.poll_event())
+        .filter_map(|ev| match ev {
+            StreamEvent::Stanza(s) => Some(s),
+            _ => None,
+        })
+        .collect())
+}
+
 /// What the stream carried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamEvent {
