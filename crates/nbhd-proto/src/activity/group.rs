@@ -83,6 +83,8 @@ pub const MAX_SENDER_BYTES: usize = 2 * super::MAX_POST + 64 * 1024;
 pub const MAX_HELD_BYTES: usize = 64 << 20;
 /// Packets missing from one sender beyond which the repairs arriving are a bulk transfer.
 pub const BULK: u64 = 64;
+/// One-fragment posts waiting for their batch's signature check (past that, checked at once).
+pub const MAX_UNVERIFIED: usize = 256;
 /// Members whose last control counter is remembered.
 pub const MAX_COUNTERS: usize = 2 * MAX_SENDERS;
 /// Frames remembered (by nonce) to drop replays of data (control frames have counters).
@@ -181,6 +183,9 @@ pub(crate) struct Group {
     cache_order: VecDeque<([u8; 32], u64)>,
     /// What each member asked us to repair, and its credit for asking again.
     askers: Askers,
+    /// One-fragment posts waiting for this turn's signature check, and since when.
+    unverified: Vec<([u8; 32], Data)>,
+    unverified_since: Option<Instant>,
     /// Our last control frame's counter.
     counter: u64,
     /// Each member's last control counter: a control frame at or below it is a replay.
@@ -222,6 +227,8 @@ impl Group {
             recent: BTreeMap::new(),
             recent_order: VecDeque::new(),
             askers: Askers::default(),
+            unverified: Vec::new(),
+            unverified_since: None,
             counter: 0,
             counters: std::collections::HashMap::new(),
             nonces: HashSet::new(),
@@ -758,15 +765,70 @@ impl Group {
             return;
         }
         // A whole post in one packet is checked before it takes its slot, so a forgery never
-        // keeps the genuine post out; a longer one is checked once complete (advance_one).
-        if d.frags == 1
-            && !signed::verify(&assemble(self.info.id, sender, std::slice::from_ref(&d)))
+        // keeps the genuine post out; a longer one is checked once complete (advance_one). The
+        // check waits for the end of this turn's input, with the others that came in it, and
+        // is made for all of them at once (`verify_queued`).
+        if d.frags == 1 {
+            let queued = self
+                .unverified
+                .iter()
+                .any(|(s, q)| *s == sender && q.pkt == d.pkt);
+            if queued {
+                out.stats.duplicates += 1;
+            } else if self.unverified.len() < MAX_UNVERIFIED {
+                self.unverified_since.get_or_insert(now);
+                self.unverified.push((sender, d));
+            } else if signed::verify(&assemble(self.info.id, sender, std::slice::from_ref(&d))) {
+                self.take_data(now, out, sender, d);
+            } else {
+                self.drop_forged(out, d.post);
+            }
+            return;
+        }
+        self.take_data(now, out, sender, d);
+    }
+
+    /// A post that its sender did not sign: dropped and counted.
+    fn drop_forged(&self, out: &mut Out, post: u64) {
+        self.drop_input(
+            out,
+            DropReason::BadSignature,
+            format!("post {post} not signed by its sender: dropped"),
+        );
+    }
+
+    /// The one-fragment posts that came since the last turn ended, checked together: what its
+    /// sender signed is taken, the rest dropped.
+    fn verify_queued(&mut self, now: Instant, out: &mut Out) {
+        if self.unverified.is_empty() {
+            return;
+        }
+        self.unverified_since = None;
+        let queued = std::mem::take(&mut self.unverified);
+        let posts: Vec<Post> = queued
+            .iter()
+            .map(|(s, d)| assemble(self.info.id, *s, std::slice::from_ref(d)))
+            .collect();
+        let ok = signed::verify_all(&posts);
+        for ((sender, d), ok) in queued.into_iter().zip(ok) {
+            if ok {
+                self.take_data(now, out, sender, d);
+            } else {
+                self.drop_forged(out, d.post);
+            }
+        }
+    }
+
+    /// A data packet whose post, if it is whole in it, its sender signed: held, remembered to
+    /// repair, and stored with its post once the post is complete and its turn comes.
+    fn take_data(&mut self, now: Instant, out: &mut Out, sender: [u8; 32], d: Data) {
+        if self
+            .senders
+            .get(&sender)
+            .is_some_and(|s| d.pkt <= s.handed || s.buffer.contains_key(&d.pkt))
         {
-            return self.drop_input(
-                out,
-                DropReason::BadSignature,
-                format!("post {} not signed by its sender: dropped", d.post),
-            );
+            out.stats.duplicates += 1;
+            return;
         }
         if !self.senders.contains_key(&sender) && !self.room_for_sender(out) {
             return;
@@ -1207,6 +1269,7 @@ impl Group {
     }
 
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Out) {
+        self.verify_queued(now, out);
         if !self.joined {
             return;
         }
@@ -1255,6 +1318,7 @@ impl Group {
             .map(|m| m.last_heard + MEMBER_SILENCE)
             .min();
         [
+            self.unverified_since,
             self.session_at,
             self.join_answer_at,
             Some(self.last_sent + KEEPALIVE),

@@ -96,6 +96,35 @@ pub fn verify(post: &Post) -> bool {
     )
 }
 
+/// Each post's [`verify`], the lot checked at once when there are several (ed25519 batch
+/// verification: about half the cost of one check each). A batch that fails is checked post by
+/// post, so one forgery costs its neighbours nothing but time.
+pub fn verify_all(posts: &[Post]) -> Vec<bool> {
+    use ed25519_dalek::VerifyingKey;
+    if posts.len() > 1 {
+        let keys: Option<Vec<VerifyingKey>> = posts
+            .iter()
+            .map(|p| {
+                VerifyingKey::from_bytes(&p.sender)
+                    .ok()
+                    .filter(|k| !k.is_weak())
+            })
+            .collect();
+        if let Some(keys) = keys {
+            let bytes: Vec<Vec<u8>> = posts.iter().map(signed_bytes).collect();
+            let messages: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+            let sigs: Vec<Signature> = posts
+                .iter()
+                .map(|p| Signature::from_bytes(&p.sig))
+                .collect();
+            if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+                return vec![true; posts.len()];
+            }
+        }
+    }
+    posts.iter().map(verify).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +145,25 @@ mod tests {
         };
         sign(me, &mut p);
         p
+    }
+
+    #[test]
+    fn a_batch_is_checked_as_each_post_would_be() {
+        let (alice, bob) = (
+            Identity::from_secret([1; 32]),
+            Identity::from_secret([2; 32]),
+        );
+        let mut posts: Vec<Post> = (0..8).map(|_| post(&alice)).collect();
+        posts[3] = post(&bob);
+        assert_eq!(verify_all(&posts), vec![true; 8]);
+        posts[5].body = b"changed".to_vec();
+        let mut forged = post(&alice);
+        sign(&bob, &mut forged);
+        posts.push(forged);
+        let mut want = vec![true; 9];
+        want[5] = false;
+        want[8] = false;
+        assert_eq!(verify_all(&posts), want);
     }
 
     #[test]
