@@ -24,38 +24,31 @@ fn elements(bytes: &[u8]) -> Vec<nbhd_proto::messages::xml::Element> {
     parse_stanzas(bytes).expect("our own bytes parse")
 }
 
+/// A stream's two channels, `a` connecting to `b`, through the whole handshake.
+fn pair(a: &Identity, b: &Identity) -> (SecureChannel, SecureChannel) {
+    let (mut i, m1) = SecureChannel::initiator(a, "a", "b", [1; 32]).expect("initiator");
+    let mut r = SecureChannel::responder(b, "a", "b", [2; 32]).expect("responder");
+    let Ok(Step::Reply(m2)) = r.on_handshake(&elements(&m1)[0]) else {
+        panic!("the responder answers")
+    };
+    let Ok(Step::Done {
+        reply: Some(m3), ..
+    }) = i.on_handshake(&elements(&m2)[0])
+    else {
+        panic!("the initiator finishes")
+    };
+    let _ = r.on_handshake(&elements(&m3)[0]);
+    (i, r)
+}
+
 /// The costs, one line each, ready to print.
 pub fn costs() -> Vec<String> {
     let (a, b) = (
         Identity::from_secret([1; 32]),
         Identity::from_secret([2; 32]),
     );
-    let handshake = us(200, || {
-        let (mut i, m1) = SecureChannel::initiator(&a, "a", "b", [1; 32]).expect("initiator");
-        let mut r = SecureChannel::responder(&b, "a", "b", [2; 32]).expect("responder");
-        let Ok(Step::Reply(m2)) = r.on_handshake(&elements(&m1)[0]) else {
-            panic!("responder")
-        };
-        let Ok(Step::Done {
-            reply: Some(m3), ..
-        }) = i.on_handshake(&elements(&m2)[0])
-        else {
-            panic!("initiator")
-        };
-        let _ = r.on_handshake(&elements(&m3)[0]);
-    });
-    let (mut i, m1) = SecureChannel::initiator(&a, "a", "b", [1; 32]).expect("initiator");
-    let mut r = SecureChannel::responder(&b, "a", "b", [2; 32]).expect("responder");
-    let Ok(Step::Reply(m2)) = r.on_handshake(&elements(&m1)[0]) else {
-        panic!("responder")
-    };
-    let Ok(Step::Done {
-        reply: Some(m3), ..
-    }) = i.on_handshake(&elements(&m2)[0])
-    else {
-        panic!("initiator")
-    };
-    let _ = r.on_handshake(&elements(&m3)[0]);
+    let handshake = us(200, || drop(pair(&a, &b)));
+    let (mut i, mut r) = pair(&a, &b);
     let stanza = vec![b'x'; 300];
     let stream = us(5000, || {
         let c = i.seal(&stanza).expect("open");
