@@ -278,6 +278,10 @@ pub struct Presence {
     /// The latest time any input carried; stamps what we send.
     now: Instant,
     rates: rate::SourceRates,
+    /// When the peer table was last derived, and whether the cache changed since (see
+    /// `peers_changed`).
+    peers_built: Option<Instant>,
+    peers_dirty: bool,
     /// Instances whose records their key signed: the signature and the bytes it covered (a
     /// repeat of them is not checked again), at most [`MAX_PROVEN`].
     proven: HashMap<Name, (String, Vec<u8>)>,
@@ -285,6 +289,10 @@ pub struct Presence {
     /// Our signature, and the bytes it covers (made again when they change).
     own_sig: std::cell::RefCell<Option<(Vec<u8>, String)>>,
 }
+
+/// The peer table is derived from the cache at most this often while it keeps changing (the
+/// first change after a quiet spell is seen at once).
+pub const PEERS_EVERY: Duration = Duration::from_millis(50);
 
 /// Instances remembered as proven (the reserved share of the cache holds about 250).
 pub const MAX_PROVEN: usize = 1024;
@@ -312,6 +320,8 @@ impl Presence {
             stats: Stats::default(),
             closed: false,
             heard: Vec::new(),
+            peers_built: None,
+            peers_dirty: false,
             proven: HashMap::new(),
             verify_budget: signed::VerifyBudget::default(),
             own_sig: std::cell::RefCell::new(None),
@@ -533,6 +543,9 @@ impl Presence {
         if let Some(c) = self.cache.next_deadline() {
             take(c);
         }
+        if let (true, Some(at)) = (self.peers_dirty, self.peers_built) {
+            take(at + PEERS_EVERY);
+        }
         t
     }
 
@@ -651,6 +664,9 @@ impl Presence {
                 self.answer_query(now, iface, w.src, &w.query, false);
             }
             self.flush_pending(now, iface);
+        }
+        if self.peers_dirty {
+            self.peers_changed(now);
         }
         self.drive_cache(now);
         self.send_due_queries(now);

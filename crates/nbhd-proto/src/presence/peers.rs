@@ -91,9 +91,23 @@ impl Presence {
             }
         }
         if changed {
-            self.update_peers();
-            self.plan_resolves(now);
+            self.peers_changed(now);
         }
+    }
+
+    /// The cache changed: the peer table (and what to resolve) is derived again, at once if it
+    /// was not in the last [`PEERS_EVERY`], else when that much has passed. Rebuilding walks the
+    /// whole cache: under a flood of forged instances, each one new, doing it for every
+    /// datagram made the daemon spend about a second filling its cache (`bench/flood`).
+    pub(super) fn peers_changed(&mut self, now: Instant) {
+        if self.peers_built.is_some_and(|t| now < t + PEERS_EVERY) {
+            self.peers_dirty = true;
+            return;
+        }
+        self.peers_dirty = false;
+        self.peers_built = Some(now);
+        self.update_peers();
+        self.plan_resolves(now);
     }
 
     /// The names in `records` that belong to an instance whose key signed it ([`signed`]):

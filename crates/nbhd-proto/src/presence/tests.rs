@@ -1040,6 +1040,8 @@ fn a_flooding_source_stays_within_its_budget_and_a_new_peer_is_listed_at_once() 
         );
         lan.inject(0, from, &m);
     }
+    // The table is derived again at most every PEERS_EVERY while the cache keeps changing.
+    lan.run_for(PEERS_EVERY);
     let fakes = lan
         .peers(0)
         .iter()
