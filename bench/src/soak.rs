@@ -206,14 +206,17 @@ pub fn mdns_flood(src: Ipv4Addr, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
 /// host part of `src`'s /24 cycles over every address but the first `skip` (the lab's real
 /// hosts), and with `off_link` also over 192.168.77.0/24, which is on no lab interface. Built
 /// whole (IPv4 and UDP headers by hand) on a raw socket, as a hostile host would; IPv4 lets
-/// the UDP checksum be zero, and the kernel fills in the IP header's. Counts into `sent`.
+/// the UDP checksum be zero, and the kernel fills in the IP header's. At `rate` datagrams a
+/// second, or as fast as it can (None). Counts into `sent`.
 pub fn spoofed_mdns_flood(
     src: Ipv4Addr,
     skip: u8,
     off_link: bool,
+    rate: Option<f64>,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
     let s = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::RAW,
@@ -249,6 +252,10 @@ pub fn spoofed_mdns_flood(
             sent.fetch_add(1, Ordering::Relaxed);
         }
         k += 1;
+        if let Some(rate) = rate.filter(|_| k % 64 == 0) {
+            let due = std::time::Duration::from_secs_f64(k as f64 / rate);
+            std::thread::sleep(due.saturating_sub(started.elapsed()));
+        }
     }
     Ok(())
 }

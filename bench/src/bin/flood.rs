@@ -103,7 +103,8 @@ fn flood(args: &[String]) {
             let stop = std::sync::Arc::new(AtomicBool::new(false));
             let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
             let (s2, c2) = (stop.clone(), count.clone());
-            let t = std::thread::spawn(move || soak::spoofed_mdns_flood(src, 5, true, s2, c2));
+            let t =
+                std::thread::spawn(move || soak::spoofed_mdns_flood(src, 5, true, None, s2, c2));
             std::thread::sleep(end.saturating_duration_since(Instant::now()));
             stop.store(true, Ordering::Relaxed);
             t.join().expect("flooder").expect("raw socket");

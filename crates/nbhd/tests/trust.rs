@@ -91,8 +91,11 @@ fn netns_a_host_with_no_key_cannot_chat_as_bob_on_alice_stream() {
 /// Issue 15, attack 7: forged announcements, each from a new source address, filled alice's
 /// cache and kept a genuine newcomer unlisted for the whole flood. A raw-socket flooder on h2
 /// forges every free address of the lab's /24 (and, every other datagram, an address of no
-/// lab subnet); bob starts on h3 during the flood and must be listed by alice while it runs.
-/// Timings are printed, not asserted (bench/flood measures them against the anchors).
+/// lab subnet) at the issue's 14,000 datagrams a second; bob starts on h3 during the flood and
+/// must be listed by alice while it runs. Timings are printed, not asserted (bench/flood runs
+/// the flooder unpaced, on a release build, and measures them against the goals). Unpaced, a
+/// debug build's daemon reads a fraction of what arrives, the kernel drops the rest at random,
+/// bob's few announcements with them, and the test would measure luck.
 #[test]
 fn netns_forged_announcements_from_every_address_keep_no_newcomer_out() {
     if skip_unless_root("netns_forged_announcements_from_every_address_keep_no_newcomer_out") {
@@ -110,7 +113,7 @@ fn netns_forged_announcements_from_every_address_keep_no_newcomer_out() {
     let flood = {
         let (stop, sent) = (stop.clone(), sent.clone());
         lab.thread_in(1, move || {
-            nbhd_bench::soak::spoofed_mdns_flood(src, 3, true, stop, sent)
+            nbhd_bench::soak::spoofed_mdns_flood(src, 3, true, Some(14_000.0), stop, sent)
         })
     };
     let flood_started = std::time::Instant::now();
