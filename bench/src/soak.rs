@@ -252,7 +252,7 @@ pub fn spoofed_mdns_flood(
             sent.fetch_add(1, Ordering::Relaxed);
         }
         k += 1;
-        if let Some(rate) = rate.filter(|_| k % 64 == 0) {
+        if let Some(rate) = rate.filter(|_| k.is_multiple_of(64)) {
             let due = std::time::Duration::from_secs_f64(k as f64 / rate);
             std::thread::sleep(due.saturating_sub(started.elapsed()));
         }
