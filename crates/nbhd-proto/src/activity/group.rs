@@ -299,27 +299,31 @@ impl Group {
         if self.senders.len() < MAX_SENDERS {
             return true;
         }
-        let victim = self.evictable(
-            out.known,
-            self.senders.iter().map(|(k, s)| (k, s.last_heard)),
-        );
-        let Some(victim) = victim else {
-            self.drop_input(
-                out,
-                DropReason::TableFull,
-                format!("more than {MAX_SENDERS} senders, every one a peer"),
-            );
+        let keys = self.senders.iter().map(|(k, s)| (k, s.last_heard));
+        let Some(victim) = self.make_room(out, "senders", keys) else {
             return false;
         };
         if let Some(s) = self.senders.remove(&victim) {
             self.held_bytes -= s.bytes;
         }
-        self.drop_input(
-            out,
-            DropReason::TableFull,
-            format!("{MAX_SENDERS} senders: the stranger heard least lately forgotten"),
-        );
         true
+    }
+
+    /// The stranger to forget from a full table of `what` (senders, members), or None when
+    /// every one is a peer (the newcomer is then refused); counted either way.
+    fn make_room<'a>(
+        &self,
+        out: &mut Out,
+        what: &str,
+        keys: impl Iterator<Item = (&'a [u8; 32], Option<Instant>)>,
+    ) -> Option<[u8; 32]> {
+        let victim = self.evictable(out.known, keys);
+        let detail = match victim {
+            Some(_) => format!("{MAX_SENDERS} {what}: the stranger heard least lately forgotten"),
+            None => format!("more than {MAX_SENDERS} {what}, every one a peer"),
+        };
+        self.drop_input(out, DropReason::TableFull, detail);
+        victim
     }
 
     /// Members heard from lately, ourselves included.
@@ -678,16 +682,8 @@ impl Group {
             return true;
         }
         if self.members.len() >= MAX_SENDERS {
-            let victim = self.evictable(
-                out.known,
-                self.members.iter().map(|(k, m)| (k, Some(m.last_heard))),
-            );
-            let Some(victim) = victim else {
-                self.drop_input(
-                    out,
-                    DropReason::TableFull,
-                    format!("more than {MAX_SENDERS} members, every one a peer"),
-                );
+            let keys = self.members.iter().map(|(k, m)| (k, Some(m.last_heard)));
+            let Some(victim) = self.make_room(out, "members", keys) else {
                 return false;
             };
             if let Some(m) = self.members.remove(&victim) {
@@ -698,11 +694,6 @@ impl Group {
                     change: MemberChange::Silent,
                 });
             }
-            self.drop_input(
-                out,
-                DropReason::TableFull,
-                format!("{MAX_SENDERS} members: the stranger heard least lately forgotten"),
-            );
         }
         let nick = nick.unwrap_or_default();
         self.members.insert(

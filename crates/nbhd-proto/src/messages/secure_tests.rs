@@ -110,6 +110,18 @@ fn carry(now: Instant, a: &mut Side, b: &mut Side) -> (Vec<Vec<u8>>, Vec<Event>)
     }
 }
 
+/// Every byte the actions send, in order.
+fn sent_bytes(actions: &[Action]) -> Vec<u8> {
+    actions
+        .iter()
+        .filter_map(|x| match x {
+            Action::Send { bytes, .. } => Some(bytes.as_slice()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .concat()
+}
+
 fn chats(events: &[Event]) -> Vec<(String, String)> {
     events
         .iter()
@@ -335,14 +347,7 @@ fn an_encrypted_stream_ends_inside_the_channel_and_a_clear_end_is_a_break() {
     // Alice ends her side: no `</stream:stream>` in clear.
     a.m.close(now);
     let (actions, _) = drain(&mut a, now);
-    let sent: Vec<u8> = actions
-        .iter()
-        .filter_map(|x| match x {
-            Action::Send { bytes, .. } => Some(bytes.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .concat();
+    let sent = sent_bytes(&actions);
     let text = String::from_utf8_lossy(&sent);
     assert!(!text.contains("</stream:stream>"), "{text}");
     assert!(text.contains("urn:nbhd:noise:0"), "{text}");
@@ -357,13 +362,6 @@ fn an_encrypted_stream_ends_inside_the_channel_and_a_clear_end_is_a_break() {
         actions.contains(&Action::Close { conn: ACCEPTED }),
         "{actions:?}"
     );
-    let replied: Vec<u8> = actions
-        .iter()
-        .filter_map(|x| match x {
-            Action::Send { bytes, .. } => Some(bytes.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .concat();
+    let replied = sent_bytes(&actions);
     assert!(replied.is_empty(), "no end answered in kind: {replied:?}");
 }
